@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL 15 cluster in a temporary directory, run as user `postgres`,
+# reachable only through a unix socket in that directory. Sourced by demo.sh and bench/run.
+#   cluster_start            sets CLUSTER_DIR and PGHOST/PGPORT/PGUSER for psql and pgbench
+#   cluster_stop             stops it and removes the directory
+CLUSTER_BIN=/usr/lib/postgresql/15/bin
+
+as_postgres() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"
+    elif [ "$(id -un)" = postgres ]; then "$@"
+    else sudo -u postgres "$@"; fi
+}
+
+cluster_start() {  # extra arguments are server options, e.g. -c max_connections=300
+    CLUSTER_DIR=$(mktemp -d /tmp/pg_exactly.XXXXXX)
+    chmod 755 "$CLUSTER_DIR"
+    [ "$(id -un)" = postgres ] || "${SUDO[@]}" chown postgres: "$CLUSTER_DIR"
+    as_postgres "$CLUSTER_BIN/initdb" -U postgres --auth=trust -E UTF8 --locale=C \
+        -D "$CLUSTER_DIR/data" >/dev/null
+    as_postgres "$CLUSTER_BIN/pg_ctl" -w -D "$CLUSTER_DIR/data" -l "$CLUSTER_DIR/server.log" \
+        -o "-c listen_addresses='' -k $CLUSTER_DIR -p 5432 $*" start >/dev/null
+    export PGHOST="$CLUSTER_DIR" PGPORT=5432 PGUSER=postgres PGDATABASE=postgres
+}
+
+cluster_stop() {
+    as_postgres "$CLUSTER_BIN/pg_ctl" -w -D "$CLUSTER_DIR/data" -m fast stop >/dev/null || true
+    "${SUDO[@]}" rm -rf "$CLUSTER_DIR"
+}

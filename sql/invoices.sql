@@ -1,0 +1,15 @@
+-- Gapless per-tenant invoice numbers: one counter row per tenant.
+-- Rows are created by exactly.define_invoice_sequence() or on a tenant's first number.
+CREATE TABLE exactly.invoice_sequences (
+    tenant      text PRIMARY KEY CHECK (tenant <> ''),
+    prefix      text NOT NULL,
+    width       int NOT NULL DEFAULT 8 CHECK (width BETWEEN 1 AND 19),
+    -- the number the next draw hands out; a rolled-back draw puts it back
+    next_value  bigint NOT NULL DEFAULT 1 CHECK (next_value >= 1),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE exactly.invoice_sequences IS
+    'pg_exactly: per-tenant gapless invoice numbering; next_value is the next number to hand out';
+
+-- Its rows are the users' data: pg_dump must dump them.
+SELECT pg_catalog.pg_extension_config_dump('exactly.invoice_sequences', '');

@@ -1,0 +1,28 @@
+//! One way to refuse bad input: an ERROR with a SQLSTATE, a message that names the
+//! bad value, and a hint that says what to do instead.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+/// Raise an ERROR. Nothing after it runs; the statement (and any change it made) is undone.
+#[track_caller]
+pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, hint: impl Into<String>) -> ! {
+    let message: String = message.into();
+    ErrorReport::new(code, message, "pg_exactly")
+        .set_hint(hint)
+        .report(PgLogLevel::ERROR);
+    unreachable!("an ERROR report does not return")
+}
+
+/// Refuse a NULL argument: every argument of ours means something, none is optional by NULL.
+#[track_caller]
+pub fn required<T>(value: Option<T>, argument: &str) -> T {
+    match value {
+        Some(v) => v,
+        None => raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("argument \"{argument}\" must not be NULL"),
+            format!("pass a value for \"{argument}\""),
+        ),
+    }
+}

@@ -1,0 +1,21 @@
+//! pg_exactly: race-free building blocks for PostgreSQL, one module per primitive.
+
+::pgrx::pg_module_magic!(name, version);
+
+mod errors;
+mod invoices;
+mod spi_plans;
+mod xact_lock;
+
+pgrx::extension_sql_file!("../sql/invoices.sql", name = "invoices_schema", bootstrap);
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,44 @@
+//! Statements prepared once per backend and kept, as PL/pgSQL keeps its plans.
+//!
+//! An unprepared statement sent through SPI on every call is parsed and planned every
+//! time; that alone made an early prototype slower than the equivalent PL/pgSQL. A kept
+//! plan is revalidated by the plan cache when a table it uses changes, so it never goes
+//! stale; it lives as long as the backend, which is what `SPI_keepplan` is for.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::PgOid;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
+
+thread_local! {
+    static PLANS: RefCell<HashMap<&'static str, &'static OwnedPreparedStatement>> =
+        RefCell::new(HashMap::new());
+}
+
+/// Run `sql` (a statement with `$n` parameters of `types`) through its kept plan,
+/// preparing it on first use in this backend.
+pub fn run<'conn>(
+    client: &mut SpiClient<'conn>,
+    sql: &'static str,
+    types: &[PgOid],
+    args: &[DatumWithOid<'_>],
+) -> SpiTupleTable<'conn> {
+    let plan = match PLANS.with(|plans| plans.borrow().get(sql).copied()) {
+        Some(plan) => plan,
+        None => {
+            let prepared = client
+                .prepare_mut(sql, types)
+                .unwrap_or_else(|e| panic!("preparing {sql}: {e}"))
+                .keep();
+            // Leaked on purpose: kept plans live for the backend's lifetime, and the map
+            // hands out &'static so a statement that re-enters us (a trigger calling one of
+            // our functions) never finds the map borrowed.
+            let plan: &'static OwnedPreparedStatement = Box::leak(Box::new(prepared));
+            PLANS.with(|plans| plans.borrow_mut().insert(sql, plan));
+            plan
+        }
+    };
+    client.update(plan, None, args).unwrap_or_else(|e| panic!("running {sql}: {e}"))
+}

@@ -1,0 +1,57 @@
+//! Fair, transaction-scoped exclusive locks on names, taken in the server's lock manager.
+//!
+//! Why: when many transactions update one hot row, each waiter sleeps on the row lock,
+//! wakes when the holder commits, re-reads the new row version and often sleeps again.
+//! Queueing first on a heavyweight lock of our own makes waiters line up in order and
+//! find the row free when their turn comes. The row lock stays the guarantee; this lock
+//! is the queue. A real lock-manager wait is deadlock-detected and shown in `pg_locks`.
+//!
+//! The locks are advisory locks with `objsubid` set to a space of ours. The application's
+//! own `pg_advisory_xact_lock` keys use `objsubid` 1 (one bigint) and 2 (two ints), so
+//! they never meet ours. `classid` and `objid` hold the high and low halves of a 64-bit
+//! FNV-1a hash of the name. A collision between two names only makes them share a queue.
+
+use pgrx::pg_sys;
+
+/// `pg_locks.objsubid` of each of our lock spaces.
+#[derive(Clone, Copy)]
+#[repr(u16)]
+pub enum LockSpace {
+    /// one lock per invoice tenant, held by whoever draws that tenant's numbers
+    InvoiceTenant = 101,
+}
+
+/// Take `name`'s lock in `space`, waiting in line if another transaction holds it.
+/// Released when the (sub)transaction ends.
+pub fn lock_exclusive(space: LockSpace, name: &str) {
+    let hash = fnv1a64(name.as_bytes());
+    let tag = pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set once the backend is connected, before any SQL runs.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: (hash >> 32) as u32,
+        locktag_field3: hash as u32,
+        locktag_field4: space as u16,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    // SAFETY: a well-formed tag; an error (deadlock, cancel) longjmps out as an ERROR.
+    unsafe {
+        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, false);
+    }
+}
+
+/// FNV-1a, 64 bits: stable across releases, so backends running two versions of this
+/// library during an upgrade still meet in the same queue.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fnv1a64_matches_published_vectors() {
+        assert_eq!(super::fnv1a64(b""), 0xcbf29ce484222325);
+        assert_eq!(super::fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(super::fnv1a64(b"foobar"), 0x85944171f73967e8);
+    }
+}

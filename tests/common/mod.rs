@@ -1,0 +1,152 @@
+//! A throwaway PostgreSQL cluster per test, run as user `postgres`, on a unix socket in a
+//! temporary directory of its own: tests never touch a cluster they did not start.
+//! The extension must be installed (`cargo pgrx test` does that before these tests run).
+#![allow(dead_code)] // each test file uses its own part of the harness
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use postgres::{Client, NoTls};
+
+const PORT: u16 = 5432; // unix socket only, in our own directory: nothing to collide with
+
+pub struct Cluster {
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+fn pg_bindir() -> PathBuf {
+    let pg_config = std::env::var("PG_CONFIG").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
+    let out = Command::new(&pg_config).arg("--bindir").output().expect("run pg_config");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn running_as_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// Postgres refuses to run as root: as root, run server commands as `postgres`.
+fn server_command(program: &Path) -> Command {
+    if running_as_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+fn check(what: &str, out: Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Cluster {
+    /// initdb + start a cluster with the extension created in database `postgres`.
+    pub fn start() -> Cluster {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pg_exactly-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if running_as_root() {
+            check("chown", Command::new("chown").arg("postgres:").arg(&dir).output().unwrap());
+        }
+        let bin = pg_bindir();
+        let data = dir.join("data");
+        check(
+            "initdb",
+            server_command(&bin.join("initdb"))
+                .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C", "-D"])
+                .arg(&data)
+                .output()
+                .unwrap(),
+        );
+        let options = format!(
+            "-c listen_addresses='' -k {} -p {PORT} -c max_connections=200 -c fsync=off \
+             -c shared_buffers=128MB -c deadlock_timeout=100ms",
+            dir.display()
+        );
+        check(
+            "pg_ctl start",
+            server_command(&bin.join("pg_ctl"))
+                .args(["-w", "-t", "60", "-D"])
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.join("server.log"))
+                .args(["-o", &options, "start"])
+                .output()
+                .unwrap(),
+        );
+        let cluster = Cluster { dir, bin };
+        cluster.connect().batch_execute("CREATE EXTENSION pg_exactly").expect(
+            "CREATE EXTENSION pg_exactly (is the extension installed? `cargo pgrx install` or `cargo pgrx test`)",
+        );
+        cluster
+    }
+
+    pub fn config(&self) -> postgres::Config {
+        let mut config = postgres::Config::new();
+        config.host_path(&self.dir).port(PORT).user("postgres").dbname("postgres");
+        config
+    }
+
+    pub fn connect(&self) -> Client {
+        self.config().connect(NoTls).expect("connect to the test cluster")
+    }
+
+    /// Run a SQL file through psql as a user would, returning what psql printed.
+    pub fn psql_file(&self, file: &Path) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-a", "-v", "ON_ERROR_STOP=0", "-h"])
+            .arg(&self.dir)
+            .args(["-p", &PORT.to_string(), "-U", "postgres", "-d", "postgres", "-f", "-"])
+            .stdin(std::fs::File::open(file).unwrap())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = server_command(&self.bin.join("pg_ctl"))
+            .args(["-w", "-m", "immediate", "-D"])
+            .arg(self.dir.join("data"))
+            .arg("stop")
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The SQLSTATE of a failed statement, e.g. "22023".
+pub fn sqlstate(result: Result<impl Sized, postgres::Error>) -> String {
+    match result {
+        Ok(_) => panic!("expected an error, the statement succeeded"),
+        Err(e) => e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {e}")),
+    }
+}
+
+/// Wait until backend `pid` is sleeping on a lock (so a test knows a waiter is queued).
+pub fn wait_until_blocked(client: &mut Client, pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = client
+            .query_one("SELECT coalesce(wait_event_type, '') FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .unwrap();
+        if row.get::<_, String>(0) == "Lock" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "backend {pid} never waited on a lock");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,234 @@
+//! Gapless per-tenant invoice numbers under real concurrency: many connections, each its
+//! own backend, with rollbacks and killed backends.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Barrier};
+use std::thread;
+
+use common::{sqlstate, wait_until_blocked, Client, Cluster};
+
+/// The user's own table, numbered by our trigger, as in seed 001.
+const OUR_TRIGGER: &str = "
+    CREATE TABLE invoices (id bigserial PRIMARY KEY, tenant_identifier text NOT NULL,
+                           invoice_number text UNIQUE);
+    CREATE TRIGGER invoice_number BEFORE INSERT ON invoices FOR EACH ROW
+      EXECUTE FUNCTION exactly.assign_invoice_number('tenant_identifier', 'invoice_number');";
+
+/// The seed's first attempt: read max() + 1, then write. The sleep stands for the
+/// application's round trip between its read and its write. No unique index, so the
+/// duplicates it makes are kept and counted instead of turned into errors.
+const NAIVE_TRIGGER: &str = "
+    CREATE TABLE invoices (id bigserial PRIMARY KEY, tenant_identifier text NOT NULL,
+                           invoice_number text);
+    CREATE FUNCTION naive_number() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE n bigint;
+    BEGIN
+      SELECT coalesce(max(split_part(invoice_number, '-', 2)::bigint), 0) + 1 INTO n
+        FROM invoices WHERE tenant_identifier = NEW.tenant_identifier;
+      PERFORM pg_sleep(0.001);
+      NEW.invoice_number := NEW.tenant_identifier || '-' || lpad(n::text, 8, '0');
+      RETURN NEW;
+    END $$;
+    CREATE TRIGGER invoice_number BEFORE INSERT ON invoices FOR EACH ROW
+      EXECUTE FUNCTION naive_number();";
+
+/// A small deterministic generator, so each thread gets its own reproducible mix.
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// `connections` threads insert `inserts` invoices each for tenants 11 and 12, all starting
+/// at once; one transaction in five is rolled back. Returns what the clients saw committed.
+fn insert_concurrently(cluster: &Cluster, connections: usize, inserts: usize) -> Vec<(String, String)> {
+    let start = Arc::new(Barrier::new(connections));
+    let workers: Vec<_> = (0..connections)
+        .map(|i| {
+            let (config, start) = (cluster.config(), start.clone());
+            thread::spawn(move || {
+                let mut client = config.connect(common::NoTls).unwrap();
+                let mut random = XorShift(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
+                let mut committed = Vec::new();
+                start.wait();
+                for _ in 0..inserts {
+                    let tenant = if random.next() % 2 == 0 { "11" } else { "12" };
+                    let mut tx = client.transaction().unwrap();
+                    let number: String = tx
+                        .query_one(
+                            "INSERT INTO invoices (tenant_identifier) VALUES ($1) RETURNING invoice_number",
+                            &[&tenant],
+                        )
+                        .unwrap()
+                        .get(0);
+                    if random.next() % 5 == 0 {
+                        tx.rollback().unwrap();
+                    } else {
+                        tx.commit().unwrap();
+                        committed.push((tenant.to_string(), number));
+                    }
+                }
+                committed
+            })
+        })
+        .collect();
+    let mut all: Vec<_> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    all.sort();
+    all
+}
+
+/// What is wrong with the table's numbers: for each tenant they must be exactly 1..N,
+/// and the table must hold exactly what the clients saw committed.
+fn numbering_faults(client: &mut Client, committed: &[(String, String)]) -> Vec<String> {
+    let mut stored: Vec<(String, String)> = client
+        .query("SELECT tenant_identifier, invoice_number FROM invoices", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    stored.sort();
+    let mut faults = Vec::new();
+    if stored != committed {
+        faults.push(format!("table holds {} rows, clients committed {}", stored.len(), committed.len()));
+    }
+    let mut per_tenant: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for (tenant, number) in &stored {
+        let (prefix, digits) = number.rsplit_once('-').expect("format <prefix>-<digits>");
+        assert_eq!(prefix, tenant);
+        assert_eq!(digits.len(), 8, "zero-padded to width 8: {number}");
+        per_tenant.entry(tenant).or_default().push(digits.parse().unwrap());
+    }
+    for (tenant, mut numbers) in per_tenant {
+        numbers.sort();
+        let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+        if numbers != expected {
+            let duplicates = numbers.windows(2).filter(|w| w[0] == w[1]).count();
+            faults.push(format!(
+                "tenant {tenant}: {} numbers, {duplicates} duplicates, highest {}",
+                numbers.len(),
+                numbers.last().unwrap()
+            ));
+        }
+    }
+    faults
+}
+
+#[test]
+fn fifty_connections_with_rollbacks_leave_each_tenant_exactly_1_to_n() {
+    let cluster = Cluster::start();
+    cluster.connect().batch_execute(OUR_TRIGGER).unwrap();
+    let committed = insert_concurrently(&cluster, 50, 60);
+    assert!(committed.len() > 2000 && committed.len() < 2800, "about 80% of 3000 commit");
+    let faults = numbering_faults(&mut cluster.connect(), &committed);
+    assert!(faults.is_empty(), "{faults:?}");
+}
+
+/// The same workload and the same check against the seed's max()+1: the check catches it,
+/// so the test above would fail without the locking.
+#[test]
+fn the_same_check_catches_the_naive_max_plus_one() {
+    let cluster = Cluster::start();
+    cluster.connect().batch_execute(NAIVE_TRIGGER).unwrap();
+    let committed = insert_concurrently(&cluster, 50, 60);
+    let faults = numbering_faults(&mut cluster.connect(), &committed);
+    assert!(faults.iter().any(|f| f.contains("duplicates")), "naive numbering looked gapless: {faults:?}");
+}
+
+#[test]
+fn a_backend_killed_while_holding_a_number_leaves_no_gap() {
+    let cluster = Cluster::start();
+    let mut admin = cluster.connect();
+    assert_eq!(query_text(&mut admin, "SELECT exactly.next_invoice_number('k')"), "k-00000001");
+
+    let mut holder = cluster.connect();
+    holder.batch_execute("BEGIN").unwrap();
+    assert_eq!(query_text(&mut holder, "SELECT exactly.next_invoice_number('k')"), "k-00000002");
+    let holder_pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+
+    let config = cluster.config();
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+    let waiter = thread::spawn(move || {
+        let mut client = config.connect(common::NoTls).unwrap();
+        pid_tx.send(client.query_one("SELECT pg_backend_pid()", &[]).unwrap().get::<_, i32>(0)).unwrap();
+        query_text(&mut client, "SELECT exactly.next_invoice_number('k')")
+    });
+    wait_until_blocked(&mut admin, pid_rx.recv().unwrap());
+    admin.execute("SELECT pg_terminate_backend($1)", &[&holder_pid]).unwrap();
+
+    assert_eq!(waiter.join().unwrap(), "k-00000002", "the killed backend's number is handed out again");
+    assert!(holder.batch_execute("COMMIT").is_err(), "the killed backend's connection is gone");
+    assert_eq!(query_text(&mut admin, "SELECT exactly.next_invoice_number('k')"), "k-00000003");
+}
+
+#[test]
+fn forty_connections_using_a_new_tenant_at_once_get_1_to_40() {
+    let cluster = Cluster::start();
+    let start = Arc::new(Barrier::new(40));
+    let workers: Vec<_> = (0..40)
+        .map(|_| {
+            let (config, start) = (cluster.config(), start.clone());
+            thread::spawn(move || {
+                let mut client = config.connect(common::NoTls).unwrap();
+                start.wait();
+                query_text(&mut client, "SELECT exactly.next_invoice_number('brand-new')")
+            })
+        })
+        .collect();
+    let mut numbers: Vec<String> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    numbers.sort();
+    let expected: Vec<String> = (1..=40).map(|n| format!("brand-new-{n:08}")).collect();
+    assert_eq!(numbers, expected);
+    let rows: i64 = cluster
+        .connect()
+        .query_one("SELECT count(*) FROM exactly.invoice_sequences WHERE tenant = 'brand-new'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+}
+
+#[test]
+fn bad_input_is_refused_with_a_sqlstate_and_changes_nothing() {
+    let cluster = Cluster::start();
+    let mut client = cluster.connect();
+    client.batch_execute("SELECT exactly.define_invoice_sequence('11', '11')").unwrap();
+    let state = |client: &mut Client| -> Vec<(String, String, i32, i64)> {
+        client
+            .query("SELECT tenant, prefix, width, next_value FROM exactly.invoice_sequences ORDER BY 1", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    };
+    let before = state(&mut client);
+    for (sql, code) in [
+        ("SELECT exactly.next_invoice_number(NULL)", "22004"),
+        ("SELECT exactly.next_invoice_number('')", "22023"),
+        ("SELECT exactly.next_invoice_numbers('11', 0)", "22023"),
+        ("SELECT exactly.next_invoice_numbers('11', -1)", "22023"),
+        ("SELECT exactly.next_invoice_numbers('11', 1000001)", "22023"),
+        ("SELECT exactly.next_invoice_numbers(NULL, 2)", "22004"),
+        ("SELECT exactly.define_invoice_sequence('11', '11', 0)", "22023"),
+        ("SELECT exactly.define_invoice_sequence('11', '11', -3)", "22023"),
+        ("SELECT exactly.define_invoice_sequence('11', '11', 20)", "22023"),
+        ("SELECT exactly.define_invoice_sequence('11', NULL)", "22004"),
+        ("SELECT exactly.define_invoice_sequence(NULL, 'x')", "22004"),
+        ("SELECT exactly.define_invoice_sequence('11', '11', NULL)", "22004"),
+    ] {
+        assert_eq!(sqlstate(client.batch_execute(sql)), code, "{sql}");
+    }
+    let e = client.batch_execute("SELECT exactly.next_invoice_numbers('11', 0)").unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.message(), "n must be between 1 and 1000000, not 0");
+    assert!(db.hint().is_some(), "every refusal carries a hint");
+    assert_eq!(state(&mut client), before, "a refused call changes nothing");
+}
+
+fn query_text(client: &mut Client, sql: &str) -> String {
+    client.query_one(sql, &[]).unwrap().get(0)
+}
