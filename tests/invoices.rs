@@ -9,30 +9,11 @@ use std::thread;
 
 use common::{sqlstate, wait_until_blocked, Client, Cluster};
 
-/// The user's own table, numbered by our trigger, as in seed 001.
-const OUR_TRIGGER: &str = "
-    CREATE TABLE invoices (id bigserial PRIMARY KEY, tenant_identifier text NOT NULL,
-                           invoice_number text UNIQUE);
-    CREATE TRIGGER invoice_number BEFORE INSERT ON invoices FOR EACH ROW
-      EXECUTE FUNCTION exactly.assign_invoice_number('tenant_identifier', 'invoice_number');";
+/// The user's own table, numbered by our trigger, as in seed 001 (shared with the demo).
+const OUR_TRIGGER: &str = include_str!("../demo/invoices_exactly.sql");
 
-/// The seed's first attempt: read max() + 1, then write. The sleep stands for the
-/// application's round trip between its read and its write. No unique index, so the
-/// duplicates it makes are kept and counted instead of turned into errors.
-const NAIVE_TRIGGER: &str = "
-    CREATE TABLE invoices (id bigserial PRIMARY KEY, tenant_identifier text NOT NULL,
-                           invoice_number text);
-    CREATE FUNCTION naive_number() RETURNS trigger LANGUAGE plpgsql AS $$
-    DECLARE n bigint;
-    BEGIN
-      SELECT coalesce(max(split_part(invoice_number, '-', 2)::bigint), 0) + 1 INTO n
-        FROM invoices WHERE tenant_identifier = NEW.tenant_identifier;
-      PERFORM pg_sleep(0.001);
-      NEW.invoice_number := NEW.tenant_identifier || '-' || lpad(n::text, 8, '0');
-      RETURN NEW;
-    END $$;
-    CREATE TRIGGER invoice_number BEFORE INSERT ON invoices FOR EACH ROW
-      EXECUTE FUNCTION naive_number();";
+/// The seed's first attempt, read max() + 1 then write (shared with the demo).
+const NAIVE_TRIGGER: &str = include_str!("../demo/invoices_naive.sql");
 
 /// A small deterministic generator, so each thread gets its own reproducible mix.
 struct XorShift(u64);

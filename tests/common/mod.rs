@@ -104,16 +104,22 @@ impl Cluster {
         self.config().connect(NoTls).expect("connect to the test cluster")
     }
 
-    /// Run a SQL file through psql as a user would, returning what psql printed.
+    /// Run a SQL file through psql as a user would, returning what psql printed (errors in
+    /// place, as psql flushes its output before each message).
     pub fn psql_file(&self, file: &Path) -> String {
-        let out = Command::new(self.bin.join("psql"))
+        let output_path = self.dir.join("psql.out");
+        let output = std::fs::File::create(&output_path).unwrap();
+        let status = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-a", "-v", "ON_ERROR_STOP=0", "-h"])
             .arg(&self.dir)
             .args(["-p", &PORT.to_string(), "-U", "postgres", "-d", "postgres", "-f", "-"])
             .stdin(std::fs::File::open(file).unwrap())
-            .output()
+            .stdout(output.try_clone().unwrap())
+            .stderr(output)
+            .status()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+        assert!(status.success(), "psql could not run {}", file.display());
+        std::fs::read_to_string(output_path).unwrap()
     }
 }
 

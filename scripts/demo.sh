@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Sets up everything, builds and installs pg_exactly, starts a throwaway cluster and runs the
+# seeds' scenarios with real concurrency (pgbench, many connections), printing the proof.
+# KEEP_CLUSTER=1 leaves the cluster running afterwards for psql.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+source scripts/cluster.sh
+
+echo "== building and installing pg_exactly"
+install_extension >/dev/null
+
+cluster_start -c max_connections=120
+trap '[ "${KEEP_CLUSTER:-}" = 1 ] || cluster_stop' EXIT
+psql_quiet() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+pgbench_run() { pgbench -n -c 50 -j 2 -t "$1" -f "$2" "$3" >/dev/null; }
+
+echo
+echo "== seed 001: ~1000 invoices created at once by background jobs, tenants 11 and 12"
+echo "   50 connections x 20 inserts each, all at the same time (pgbench)"
+echo
+echo "-- the seed's first attempt: read max(number) + 1 in a trigger, then insert"
+psql_quiet -c "CREATE DATABASE naive" -c "CREATE DATABASE exactly"
+psql_quiet -d naive -f demo/invoices_naive.sql
+pgbench_run 20 demo/invoice.pgbench naive
+psql_quiet -d naive -f demo/invoices_proof.sql
+
+echo "-- pg_exactly: BEFORE INSERT trigger exactly.assign_invoice_number('tenant_identifier', 'invoice_number')"
+psql_quiet -d exactly -f demo/invoices_exactly.sql
+pgbench_run 20 demo/invoice.pgbench exactly
+psql_quiet -d exactly -f demo/invoices_proof.sql
+
+echo "-- 500 more, one transaction in five rolled back after taking its number"
+pgbench_run 10 demo/invoice_rollback.pgbench exactly
+psql_quiet -d exactly -f demo/invoices_proof.sql
+psql_quiet -d exactly -c "SELECT tenant, prefix, width, next_value FROM exactly.invoice_sequences ORDER BY tenant"
+
+if [ "${KEEP_CLUSTER:-}" = 1 ]; then
+    echo "The cluster is still running. Connect with:"
+    echo "    psql -h $CLUSTER_DIR -U postgres exactly"
+    echo "Stop it with:"
+    echo "    runuser -u postgres -- $CLUSTER_BIN/pg_ctl -D $CLUSTER_DIR/data stop && rm -rf $CLUSTER_DIR"
+else
+    echo "Done; the cluster is stopped. To keep one running for psql: KEEP_CLUSTER=1 bash scripts/demo.sh"
+fi
