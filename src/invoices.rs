@@ -106,7 +106,9 @@ fn draw_from_row(client: &mut SpiClient<'_>, tenant: &str, count: i64) -> Option
         return None;
     }
     let (prefix, width, first) = rows.first().get_three::<String, i32, i64>().unwrap();
-    Some(Block { prefix: prefix?, width: width? as usize, first: first? })
+    // The table has no CHECK constraints (see sql/invoices.sql): a width edited by hand
+    // outside 1..19 is clamped rather than trusted.
+    Some(Block { prefix: prefix?, width: width?.clamp(1, MAX_WIDTH) as usize, first: first? })
 }
 
 /// The next invoice number of `tenant`, e.g. `11-00000001`.

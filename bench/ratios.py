@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Throughput of pg_exactly against the reference PL/pgSQL, side by side, with pgbench.
+
+For a workload directory bench/NAME/ holding reference.sql (the reference implementation,
+loaded once) and pairs ours_CASE.pgbench / reference_CASE.pgbench, this runs every case at
+every client count for several rounds, ours and the reference back to back in alternating
+order, and prints the median of the per-round ratios (ours / reference). The machine is
+shared and noisy: compare the ratios, not the absolute numbers.
+
+Expects PGHOST/PGPORT/PGUSER of a running cluster with pg_exactly installed (bench/run).
+"""
+import argparse
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+
+
+def psql(sql):
+    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql], check=True)
+
+
+def pgbench(script, clients, seconds):
+    """Transactions per second of one pgbench run."""
+    psql("VACUUM")  # both sides start from the same table state
+    out = subprocess.run(
+        ["pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
+         "-T", str(seconds), "-f", str(script)],
+        check=True, capture_output=True, text=True).stdout
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    if failed and int(failed.group(1)) > 0:
+        sys.exit(f"{script.name}: {failed.group(1)} transactions failed\n{out}")
+    return float(re.search(r"tps = ([\d.]+)", out).group(1))
+
+
+def cpu_model():
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("workload", help="a directory under bench/, e.g. invoices")
+    parser.add_argument("--clients", default="1,8,32,100")
+    parser.add_argument("--seconds", type=int, default=10, help="length of one pgbench run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each side per point")
+    args = parser.parse_args()
+
+    workload = BENCH / args.workload
+    psql((workload / "reference.sql").read_text())
+    cases = sorted(p.name[len("ours_"):-len(".pgbench")] for p in workload.glob("ours_*.pgbench"))
+    clients = [int(c) for c in args.clients.split(",")]
+
+    rows = []
+    for case in cases:
+        ours, reference = workload / f"ours_{case}.pgbench", workload / f"reference_{case}.pgbench"
+        for c in clients:
+            ratios, ours_tps, ref_tps = [], [], []
+            for r in range(args.rounds):
+                # alternate who goes first, so a drift in machine speed hits both alike
+                if r % 2 == 0:
+                    o = pgbench(ours, c, args.seconds); f = pgbench(reference, c, args.seconds)
+                else:
+                    f = pgbench(reference, c, args.seconds); o = pgbench(ours, c, args.seconds)
+                ours_tps.append(o); ref_tps.append(f); ratios.append(o / f)
+                print(f"{case} clients={c} round={r + 1}: ours {o:.0f}/s reference {f:.0f}/s ratio {o / f:.2f}",
+                      file=sys.stderr, flush=True)
+            rows.append((case, c, statistics.median(ours_tps), statistics.median(ref_tps),
+                         statistics.median(ratios), ratios))
+
+    print(f"### {args.workload}: ours / reference PL/pgSQL\n")
+    print(f"- when: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"- machine: {os.cpu_count()} cores, {cpu_model()}; PostgreSQL 15, release build")
+    print(f"- command: `bash bench/run {args.workload} --clients {args.clients} "
+          f"--seconds {args.seconds} --rounds {args.rounds}`")
+    print(f"- pgbench -M prepared, {args.seconds} s per run, {args.rounds} rounds per point, "
+          "order alternating; ratio = median of the per-round ratios\n")
+    print("| case | clients | ours (calls/s, median) | reference (calls/s, median) | ratio | per-round ratios |")
+    print("|---|---:|---:|---:|---:|---|")
+    for case, c, o, f, ratio, ratios in rows:
+        print(f"| {case} | {c} | {o:.0f} | {f:.0f} | **{ratio:.2f}x** | {' '.join(f'{x:.2f}' for x in ratios)} |")
+
+
+if __name__ == "__main__":
+    main()
