@@ -7,6 +7,10 @@ every client count for several rounds, ours and the reference back to back in al
 order, and prints the median of the per-round ratios (ours / reference). The machine is
 shared and noisy: compare the ratios, not the absolute numbers.
 
+A case whose script starts with `-- pgbench: OPTIONS` (e.g. `-c 16 -t 13`) runs with those
+options instead of at each client count for --seconds. A `reset.sql` in the workload
+directory runs before every pgbench run (e.g. to empty the tables).
+
 Expects PGHOST/PGPORT/PGUSER of a running cluster with pg_exactly installed (bench/run).
 """
 import argparse
@@ -26,13 +30,12 @@ def psql(sql):
     subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql], check=True)
 
 
-def pgbench(script, clients, seconds):
+def pgbench(script, options):
     """Transactions per second of one pgbench run."""
-    psql("VACUUM")  # both sides start from the same table state
-    out = subprocess.run(
-        ["pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
-         "-T", str(seconds), "-f", str(script)],
-        check=True, capture_output=True, text=True).stdout
+    reset = script.parent / "reset.sql"
+    psql(reset.read_text() if reset.exists() else "VACUUM")  # both sides start alike
+    out = subprocess.run(["pgbench", "-n", "-M", "prepared", *options, "-f", str(script)],
+                         check=True, capture_output=True, text=True).stdout
     failed = re.search(r"number of failed transactions: (\d+)", out)
     if failed and int(failed.group(1)) > 0:
         sys.exit(f"{script.name}: {failed.group(1)} transactions failed\n{out}")
@@ -62,14 +65,18 @@ def main():
     rows = []
     for case in cases:
         ours, reference = workload / f"ours_{case}.pgbench", workload / f"reference_{case}.pgbench"
-        for c in clients:
+        fixed = re.match(r"-- pgbench: (.*)", ours.read_text())
+        points = [fixed.group(1).split()] if fixed else [
+            ["-c", str(c), "-j", str(min(c, 2)), "-T", str(args.seconds)] for c in clients]
+        for options in points:
+            c = int(options[options.index("-c") + 1])
             ratios, ours_tps, ref_tps = [], [], []
             for r in range(args.rounds):
                 # alternate who goes first, so a drift in machine speed hits both alike
                 if r % 2 == 0:
-                    o = pgbench(ours, c, args.seconds); f = pgbench(reference, c, args.seconds)
+                    o = pgbench(ours, options); f = pgbench(reference, options)
                 else:
-                    f = pgbench(reference, c, args.seconds); o = pgbench(ours, c, args.seconds)
+                    f = pgbench(reference, options); o = pgbench(ours, options)
                 ours_tps.append(o); ref_tps.append(f); ratios.append(o / f)
                 print(f"{case} clients={c} round={r + 1}: ours {o:.0f}/s reference {f:.0f}/s ratio {o / f:.2f}",
                       file=sys.stderr, flush=True)
@@ -81,8 +88,8 @@ def main():
     print(f"- machine: {os.cpu_count()} cores, {cpu_model()}; PostgreSQL 15, release build")
     print(f"- command: `bash bench/run {args.workload} --clients {args.clients} "
           f"--seconds {args.seconds} --rounds {args.rounds}`")
-    print(f"- pgbench -M prepared, {args.seconds} s per run, {args.rounds} rounds per point, "
-          "order alternating; ratio = median of the per-round ratios\n")
+    print(f"- pgbench -M prepared, {args.seconds} s per run unless the case says otherwise, "
+          f"{args.rounds} rounds per point, order alternating; ratio = median of the per-round ratios\n")
     print("| case | clients | ours (calls/s, median) | reference (calls/s, median) | ratio | per-round ratios |")
     print("|---|---:|---:|---:|---:|---|")
     for case, c, o, f, ratio, ratios in rows:

@@ -4,6 +4,7 @@
 # Meant to be sourced by the other scripts (it exports PATH and PG_CONFIG); safe to re-run.
 set -euo pipefail
 
+export HOME="${HOME:-$(getent passwd "$(id -un)" | cut -d: -f6)}"
 export PATH="$HOME/.cargo/bin:$PATH"
 export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi

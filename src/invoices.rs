@@ -108,7 +108,11 @@ fn draw_from_row(client: &mut SpiClient<'_>, tenant: &str, count: i64) -> Option
     let (prefix, width, first) = rows.first().get_three::<String, i32, i64>().unwrap();
     // The table has no CHECK constraints (see sql/invoices.sql): a width edited by hand
     // outside 1..19 is clamped rather than trusted.
-    Some(Block { prefix: prefix?, width: width?.clamp(1, MAX_WIDTH) as usize, first: first? })
+    Some(Block {
+        prefix: prefix?,
+        width: width?.clamp(1, MAX_WIDTH) as usize,
+        first: first?,
+    })
 }
 
 /// The next invoice number of `tenant`, e.g. `11-00000001`.
@@ -136,7 +140,11 @@ fn next_invoice_numbers(tenant: Option<&str>, n: Option<i32>) -> SetOfIterator<'
 /// Create `tenant`'s numbering, or change its prefix and width. Numbers already drawn keep
 /// their text; the counter is never touched.
 #[pg_extern(volatile, parallel_unsafe)]
-fn define_invoice_sequence(tenant: Option<&str>, prefix: Option<&str>, width: default!(Option<i32>, 8)) {
+fn define_invoice_sequence(
+    tenant: Option<&str>,
+    prefix: Option<&str>,
+    width: default!(Option<i32>, 8),
+) {
     let tenant = required(tenant, "tenant");
     let prefix = required(prefix, "prefix");
     let width = required(width, "width");
@@ -150,7 +158,12 @@ fn define_invoice_sequence(tenant: Option<&str>, prefix: Option<&str>, width: de
     }
     lock_exclusive(LockSpace::InvoiceTenant, tenant);
     Spi::connect_mut(|client| {
-        spi_plans::run(client, DEFINE, &[TEXT, TEXT, INT4], &[tenant.into(), prefix.into(), width.into()]);
+        spi_plans::run(
+            client,
+            DEFINE,
+            &[TEXT, TEXT, INT4],
+            &[tenant.into(), prefix.into(), width.into()],
+        );
     });
 }
 
@@ -176,16 +189,24 @@ fn assign_invoice_number<'a>(
     let [tenant_column, number_column] = args.as_slice() else {
         raise(
             PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-            format!("exactly.assign_invoice_number() takes 2 arguments, not {}", args.len()),
+            format!(
+                "exactly.assign_invoice_number() takes 2 arguments, not {}",
+                args.len()
+            ),
             USAGE,
         );
     };
-    let row = trigger.new().expect("a BEFORE INSERT row trigger has a new row");
+    let row = trigger
+        .new()
+        .expect("a BEFORE INSERT row trigger has a new row");
     let column = |name: &str| {
         row.get_attribute_by_name(name).unwrap_or_else(|| {
             raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                format!("column \"{name}\" of table \"{}\" does not exist", trigger.table_name().unwrap()),
+                format!(
+                    "column \"{name}\" of table \"{}\" does not exist",
+                    trigger.table_name().unwrap()
+                ),
                 USAGE,
             )
         })
@@ -228,7 +249,13 @@ fn assign_invoice_number<'a>(
 fn is_null(trigger: &PgTrigger, attno: NonZeroUsize) -> bool {
     let data = trigger.trigger_data();
     // SAFETY: the trigger manager hands us a valid row and the relation's descriptor.
-    unsafe { pg_sys::heap_attisnull(data.tg_trigtuple, attno.get() as i32, (*data.tg_relation).rd_att) }
+    unsafe {
+        pg_sys::heap_attisnull(
+            data.tg_trigtuple,
+            attno.get() as i32,
+            (*data.tg_relation).rd_att,
+        )
+    }
 }
 
 /// The row's value in column `attno` as text, whatever its type (text, integer, uuid, ...).
@@ -238,11 +265,16 @@ fn column_as_text(trigger: &PgTrigger, attno: NonZeroUsize) -> Option<String> {
     unsafe {
         let tupdesc = (*data.tg_relation).rd_att;
         let datum = pgrx::heap_getattr_raw(data.tg_trigtuple, attno, tupdesc)?;
-        let type_oid = (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)[attno.get() - 1].atttypid;
+        let type_oid =
+            (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)[attno.get() - 1].atttypid;
         let (mut output, mut varlena) = (pg_sys::InvalidOid, false);
         pg_sys::getTypeOutputInfo(type_oid, &mut output, &mut varlena);
         let text = pg_sys::OidOutputFunctionCall(output, datum);
-        Some(std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned())
+        Some(
+            std::ffi::CStr::from_ptr(text)
+                .to_string_lossy()
+                .into_owned(),
+        )
     }
 }
 
@@ -255,13 +287,35 @@ mod tests {
         Spi::get_one::<String>(sql).unwrap()
     }
 
+    /// `CREATE TABLE inv (columns)` numbered by our trigger, fired `timing` INSERT with `args`.
+    fn numbered_table(columns: &str, timing: &str, args: &str) {
+        Spi::run(&format!(
+            "CREATE TABLE inv ({columns});
+             CREATE TRIGGER number {timing} INSERT ON inv FOR EACH ROW
+               EXECUTE FUNCTION exactly.assign_invoice_number({args});"
+        ))
+        .unwrap();
+    }
+
     #[pg_test]
     fn first_use_creates_the_tenant_with_its_name_as_prefix() {
-        assert_eq!(one("SELECT exactly.next_invoice_number('11')").as_deref(), Some("11-00000001"));
-        assert_eq!(one("SELECT exactly.next_invoice_number(tenant => '11')").as_deref(), Some("11-00000002"));
-        assert_eq!(one("SELECT exactly.next_invoice_number('12')").as_deref(), Some("12-00000001"));
         assert_eq!(
-            Spi::get_one::<i64>("SELECT next_value FROM exactly.invoice_sequences WHERE tenant = '11'").unwrap(),
+            one("SELECT exactly.next_invoice_number('11')").as_deref(),
+            Some("11-00000001")
+        );
+        assert_eq!(
+            one("SELECT exactly.next_invoice_number(tenant => '11')").as_deref(),
+            Some("11-00000002")
+        );
+        assert_eq!(
+            one("SELECT exactly.next_invoice_number('12')").as_deref(),
+            Some("12-00000001")
+        );
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT next_value FROM exactly.invoice_sequences WHERE tenant = '11'"
+            )
+            .unwrap(),
             Some(3)
         );
     }
@@ -269,46 +323,67 @@ mod tests {
     #[pg_test]
     fn define_sets_prefix_and_width_and_keeps_the_counter() {
         Spi::run("SELECT exactly.define_invoice_sequence('eu', 'EU', 4)").unwrap();
-        assert_eq!(one("SELECT exactly.next_invoice_number('eu')").as_deref(), Some("EU-0001"));
-        Spi::run("SELECT exactly.define_invoice_sequence(tenant => 'eu', prefix => 'E', width => 2)").unwrap();
-        assert_eq!(one("SELECT exactly.next_invoice_number('eu')").as_deref(), Some("E-02"));
+        assert_eq!(
+            one("SELECT exactly.next_invoice_number('eu')").as_deref(),
+            Some("EU-0001")
+        );
+        Spi::run(
+            "SELECT exactly.define_invoice_sequence(tenant => 'eu', prefix => 'E', width => 2)",
+        )
+        .unwrap();
+        assert_eq!(
+            one("SELECT exactly.next_invoice_number('eu')").as_deref(),
+            Some("E-02")
+        );
         Spi::run("SELECT exactly.define_invoice_sequence('eu', 'EU')").unwrap();
-        assert_eq!(one("SELECT exactly.next_invoice_number('eu')").as_deref(), Some("EU-00000003"));
+        assert_eq!(
+            one("SELECT exactly.next_invoice_number('eu')").as_deref(),
+            Some("EU-00000003")
+        );
     }
 
     #[pg_test]
     fn a_number_wider_than_the_width_is_printed_whole() {
         Spi::run("SELECT exactly.define_invoice_sequence('w', 'W', 2)").unwrap();
-        Spi::run("UPDATE exactly.invoice_sequences SET next_value = 12345 WHERE tenant = 'w'").unwrap();
-        assert_eq!(one("SELECT exactly.next_invoice_number('w')").as_deref(), Some("W-12345"));
+        Spi::run("UPDATE exactly.invoice_sequences SET next_value = 12345 WHERE tenant = 'w'")
+            .unwrap();
+        assert_eq!(
+            one("SELECT exactly.next_invoice_number('w')").as_deref(),
+            Some("W-12345")
+        );
     }
 
     #[pg_test]
     fn an_empty_prefix_gives_bare_numbers() {
         Spi::run("SELECT exactly.define_invoice_sequence('plain', '', 6)").unwrap();
-        assert_eq!(one("SELECT exactly.next_invoice_number('plain')").as_deref(), Some("000001"));
+        assert_eq!(
+            one("SELECT exactly.next_invoice_number('plain')").as_deref(),
+            Some("000001")
+        );
     }
 
     #[pg_test]
     fn next_invoice_numbers_hands_out_a_contiguous_block_in_order() {
         Spi::run("SELECT exactly.next_invoice_number('b')").unwrap();
         assert_eq!(
-            one("SELECT string_agg(n, ',') FROM exactly.next_invoice_numbers('b', 3) AS n").as_deref(),
+            one("SELECT string_agg(n, ',') FROM exactly.next_invoice_numbers('b', 3) AS n")
+                .as_deref(),
             Some("b-00000002,b-00000003,b-00000004")
         );
-        assert_eq!(one("SELECT exactly.next_invoice_number('b')").as_deref(), Some("b-00000005"));
+        assert_eq!(
+            one("SELECT exactly.next_invoice_number('b')").as_deref(),
+            Some("b-00000005")
+        );
     }
 
     #[pg_test]
     fn the_trigger_numbers_rows_per_tenant_and_keeps_given_numbers() {
-        Spi::run(
-            "CREATE TABLE inv (id serial, tenant_identifier text, invoice_number varchar(20));
-             CREATE TRIGGER number BEFORE INSERT ON inv FOR EACH ROW
-               EXECUTE FUNCTION exactly.assign_invoice_number('tenant_identifier', 'invoice_number');
-             INSERT INTO inv (tenant_identifier) VALUES ('11'), ('12'), ('11');
-             INSERT INTO inv (tenant_identifier, invoice_number) VALUES ('11', 'manual-1');",
-        )
-        .unwrap();
+        numbered_table(
+            "id serial, tenant_identifier text, invoice_number varchar(20)",
+            "BEFORE",
+            "'tenant_identifier', 'invoice_number'",
+        );
+        Spi::run("INSERT INTO inv (tenant_identifier) VALUES ('11'), ('12'), ('11'); INSERT INTO inv (tenant_identifier, invoice_number) VALUES ('11', 'manual-1');").unwrap();
         assert_eq!(
             one("SELECT string_agg(invoice_number, ',' ORDER BY id) FROM inv").as_deref(),
             Some("11-00000001,12-00000001,11-00000002,manual-1")
@@ -317,13 +392,15 @@ mod tests {
 
     #[pg_test]
     fn the_trigger_accepts_a_non_text_tenant_column() {
-        Spi::run(
-            "CREATE TABLE inv2 (tenant_id int, number text);
-             CREATE TRIGGER number BEFORE INSERT ON inv2 FOR EACH ROW
-               EXECUTE FUNCTION exactly.assign_invoice_number('tenant_id', 'number');",
-        )
-        .unwrap();
-        assert_eq!(one("INSERT INTO inv2 (tenant_id) VALUES (42) RETURNING number").as_deref(), Some("42-00000001"));
+        numbered_table(
+            "tenant_id int, number text",
+            "BEFORE",
+            "'tenant_id', 'number'",
+        );
+        assert_eq!(
+            one("INSERT INTO inv (tenant_id) VALUES (42) RETURNING number").as_deref(),
+            Some("42-00000001")
+        );
     }
 
     #[pg_test(error = "argument \"tenant\" must not be NULL")]
@@ -372,46 +449,44 @@ mod tests {
 
     #[pg_test(error = "tenant column \"tenant\" is NULL")]
     fn the_trigger_refuses_a_null_tenant() {
-        Spi::run(
-            "CREATE TABLE inv3 (tenant text, number text);
-             CREATE TRIGGER number BEFORE INSERT ON inv3 FOR EACH ROW
-               EXECUTE FUNCTION exactly.assign_invoice_number('tenant', 'number');
-             INSERT INTO inv3 (tenant) VALUES (NULL);",
-        )
-        .unwrap();
+        numbered_table("tenant text, number text", "BEFORE", "'tenant', 'number'");
+        Spi::run("INSERT INTO inv (tenant) VALUES (NULL);").unwrap();
     }
 
-    #[pg_test(error = "column \"nope\" of table \"inv4\" does not exist")]
+    #[pg_test(error = "column \"nope\" of table \"inv\" does not exist")]
     fn the_trigger_refuses_an_unknown_column() {
-        Spi::run(
-            "CREATE TABLE inv4 (tenant text, number text);
-             CREATE TRIGGER number BEFORE INSERT ON inv4 FOR EACH ROW
-               EXECUTE FUNCTION exactly.assign_invoice_number('tenant', 'nope');
-             INSERT INTO inv4 (tenant) VALUES ('t');",
-        )
-        .unwrap();
+        numbered_table("tenant text, number text", "BEFORE", "'tenant', 'nope'");
+        Spi::run("INSERT INTO inv (tenant) VALUES ('t');").unwrap();
     }
 
-    #[pg_test(error = "invoice number \"11-00000001\" is longer than column \"number\" (varchar(5))")]
+    #[pg_test(
+        error = "invoice number \"11-00000001\" is longer than column \"number\" (varchar(5))"
+    )]
     fn the_trigger_never_truncates_into_a_short_varchar() {
-        Spi::run(
-            "CREATE TABLE inv5 (tenant text, number varchar(5));
-             CREATE TRIGGER number BEFORE INSERT ON inv5 FOR EACH ROW
-               EXECUTE FUNCTION exactly.assign_invoice_number('tenant', 'number');
-             INSERT INTO inv5 (tenant) VALUES ('11');",
-        )
-        .unwrap();
+        numbered_table(
+            "tenant text, number varchar(5)",
+            "BEFORE",
+            "'tenant', 'number'",
+        );
+        Spi::run("INSERT INTO inv (tenant) VALUES ('11');").unwrap();
+    }
+
+    #[pg_test(error = "number column \"number\" must be text or varchar")]
+    fn the_trigger_refuses_a_non_text_number_column() {
+        numbered_table("tenant text, number bigint", "BEFORE", "'tenant', 'number'");
+        Spi::run("INSERT INTO inv (tenant) VALUES ('11');").unwrap();
+    }
+
+    #[pg_test(error = "exactly.assign_invoice_number() takes 2 arguments, not 1")]
+    fn the_trigger_refuses_a_missing_argument() {
+        numbered_table("tenant text, number text", "BEFORE", "'tenant'");
+        Spi::run("INSERT INTO inv (tenant) VALUES ('11');").unwrap();
     }
 
     #[pg_test(error = "exactly.assign_invoice_number() must be fired BEFORE INSERT FOR EACH ROW")]
     fn the_trigger_refuses_to_run_after_insert() {
-        Spi::run(
-            "CREATE TABLE inv6 (tenant text, number text);
-             CREATE TRIGGER number AFTER INSERT ON inv6 FOR EACH ROW
-               EXECUTE FUNCTION exactly.assign_invoice_number('tenant', 'number');
-             INSERT INTO inv6 (tenant) VALUES ('11');",
-        )
-        .unwrap();
+        numbered_table("tenant text, number text", "AFTER", "'tenant', 'number'");
+        Spi::run("INSERT INTO inv (tenant) VALUES ('11');").unwrap();
     }
 }
 
@@ -421,7 +496,11 @@ mod format_tests {
 
     #[test]
     fn zero_pads_to_the_width_and_never_truncates() {
-        let block = Block { prefix: "11".into(), width: 8, first: 1 };
+        let block = Block {
+            prefix: "11".into(),
+            width: 8,
+            first: 1,
+        };
         assert_eq!(block.format(0), "11-00000001");
         assert_eq!(block.format(122_999_999), "11-123000000");
     }

@@ -5,9 +5,11 @@
 mod errors;
 mod invoices;
 mod spi_plans;
+mod tickets;
 mod xact_lock;
 
 pgrx::extension_sql_file!("../sql/invoices.sql", name = "invoices_schema", bootstrap);
+pgrx::extension_sql_file!("../sql/tickets.sql", name = "tickets_schema");
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

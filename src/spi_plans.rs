@@ -40,5 +40,7 @@ pub fn run<'conn>(
             plan
         }
     };
-    client.update(plan, None, args).unwrap_or_else(|e| panic!("running {sql}: {e}"))
+    client
+        .update(plan, None, args)
+        .unwrap_or_else(|e| panic!("running {sql}: {e}"))
 }

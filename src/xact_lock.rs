@@ -36,14 +36,21 @@ pub fn lock_exclusive(space: LockSpace, name: &str) {
     };
     // SAFETY: a well-formed tag; an error (deadlock, cancel) longjmps out as an ERROR.
     unsafe {
-        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, false);
+        pg_sys::LockAcquire(
+            &tag,
+            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+            false,
+            false,
+        );
     }
 }
 
 /// FNV-1a, 64 bits: stable across releases, so backends running two versions of this
 /// library during an upgrade still meet in the same queue.
 fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

@@ -30,13 +30,34 @@ fn examples_print_their_recorded_output() {
             failures.push(format!("{}:\n{}", sql.display(), diff(&expected, &actual)));
         }
     }
-    assert!(failures.is_empty(), "examples differ from their .out files:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "examples differ from their .out files:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// The first differing lines, enough to see what changed.
 fn diff(expected: &str, actual: &str) -> String {
     let (e, a): (Vec<_>, Vec<_>) = (expected.lines().collect(), actual.lines().collect());
-    let first = e.iter().zip(&a).position(|(x, y)| x != y).unwrap_or(e.len().min(a.len()));
-    let show = |lines: &[&str]| lines.iter().skip(first).take(5).map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
-    format!("  from line {}:\n  expected:\n{}\n  actual:\n{}", first + 1, show(&e), show(&a))
+    let first = e
+        .iter()
+        .zip(&a)
+        .position(|(x, y)| x != y)
+        .unwrap_or(e.len().min(a.len()));
+    let show = |lines: &[&str]| {
+        lines
+            .iter()
+            .skip(first)
+            .take(5)
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    format!(
+        "  from line {}:\n  expected:\n{}\n  actual:\n{}",
+        first + 1,
+        show(&e),
+        show(&a)
+    )
 }

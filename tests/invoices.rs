@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use common::{sqlstate, wait_until_blocked, Client, Cluster};
+use common::{sqlstate, wait_until_blocked, Client, Cluster, XorShift};
 
 /// The user's own table, numbered by our trigger, as in seed 001 (shared with the demo).
 const OUR_TRIGGER: &str = include_str!("../demo/invoices_exactly.sql");
@@ -15,20 +15,13 @@ const OUR_TRIGGER: &str = include_str!("../demo/invoices_exactly.sql");
 /// The seed's first attempt, read max() + 1 then write (shared with the demo).
 const NAIVE_TRIGGER: &str = include_str!("../demo/invoices_naive.sql");
 
-/// A small deterministic generator, so each thread gets its own reproducible mix.
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// `connections` threads insert `inserts` invoices each for tenants 11 and 12, all starting
 /// at once; one transaction in five is rolled back. Returns what the clients saw committed.
-fn insert_concurrently(cluster: &Cluster, connections: usize, inserts: usize) -> Vec<(String, String)> {
+fn insert_concurrently(
+    cluster: &Cluster,
+    connections: usize,
+    inserts: usize,
+) -> Vec<(String, String)> {
     let start = Arc::new(Barrier::new(connections));
     let workers: Vec<_> = (0..connections)
         .map(|i| {
@@ -59,7 +52,10 @@ fn insert_concurrently(cluster: &Cluster, connections: usize, inserts: usize) ->
             })
         })
         .collect();
-    let mut all: Vec<_> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let mut all: Vec<_> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
     all.sort();
     all
 }
@@ -68,7 +64,10 @@ fn insert_concurrently(cluster: &Cluster, connections: usize, inserts: usize) ->
 /// and the table must hold exactly what the clients saw committed.
 fn numbering_faults(client: &mut Client, committed: &[(String, String)]) -> Vec<String> {
     let mut stored: Vec<(String, String)> = client
-        .query("SELECT tenant_identifier, invoice_number FROM invoices", &[])
+        .query(
+            "SELECT tenant_identifier, invoice_number FROM invoices",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -76,14 +75,21 @@ fn numbering_faults(client: &mut Client, committed: &[(String, String)]) -> Vec<
     stored.sort();
     let mut faults = Vec::new();
     if stored != committed {
-        faults.push(format!("table holds {} rows, clients committed {}", stored.len(), committed.len()));
+        faults.push(format!(
+            "table holds {} rows, clients committed {}",
+            stored.len(),
+            committed.len()
+        ));
     }
     let mut per_tenant: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for (tenant, number) in &stored {
         let (prefix, digits) = number.rsplit_once('-').expect("format <prefix>-<digits>");
         assert_eq!(prefix, tenant);
         assert_eq!(digits.len(), 8, "zero-padded to width 8: {number}");
-        per_tenant.entry(tenant).or_default().push(digits.parse().unwrap());
+        per_tenant
+            .entry(tenant)
+            .or_default()
+            .push(digits.parse().unwrap());
     }
     for (tenant, mut numbers) in per_tenant {
         numbers.sort();
@@ -105,7 +111,10 @@ fn fifty_connections_with_rollbacks_leave_each_tenant_exactly_1_to_n() {
     let cluster = Cluster::start();
     cluster.connect().batch_execute(OUR_TRIGGER).unwrap();
     let committed = insert_concurrently(&cluster, 50, 60);
-    assert!(committed.len() > 2000 && committed.len() < 2800, "about 80% of 3000 commit");
+    assert!(
+        committed.len() > 2000 && committed.len() < 2800,
+        "about 80% of 3000 commit"
+    );
     let faults = numbering_faults(&mut cluster.connect(), &committed);
     assert!(faults.is_empty(), "{faults:?}");
 }
@@ -118,33 +127,64 @@ fn the_same_check_catches_the_naive_max_plus_one() {
     cluster.connect().batch_execute(NAIVE_TRIGGER).unwrap();
     let committed = insert_concurrently(&cluster, 50, 60);
     let faults = numbering_faults(&mut cluster.connect(), &committed);
-    assert!(faults.iter().any(|f| f.contains("duplicates")), "naive numbering looked gapless: {faults:?}");
+    assert!(
+        faults.iter().any(|f| f.contains("duplicates")),
+        "naive numbering looked gapless: {faults:?}"
+    );
 }
 
 #[test]
 fn a_backend_killed_while_holding_a_number_leaves_no_gap() {
     let cluster = Cluster::start();
     let mut admin = cluster.connect();
-    assert_eq!(query_text(&mut admin, "SELECT exactly.next_invoice_number('k')"), "k-00000001");
+    assert_eq!(
+        query_text(&mut admin, "SELECT exactly.next_invoice_number('k')"),
+        "k-00000001"
+    );
 
     let mut holder = cluster.connect();
     holder.batch_execute("BEGIN").unwrap();
-    assert_eq!(query_text(&mut holder, "SELECT exactly.next_invoice_number('k')"), "k-00000002");
-    let holder_pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    assert_eq!(
+        query_text(&mut holder, "SELECT exactly.next_invoice_number('k')"),
+        "k-00000002"
+    );
+    let holder_pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
 
     let config = cluster.config();
     let (pid_tx, pid_rx) = std::sync::mpsc::channel();
     let waiter = thread::spawn(move || {
         let mut client = config.connect(common::NoTls).unwrap();
-        pid_tx.send(client.query_one("SELECT pg_backend_pid()", &[]).unwrap().get::<_, i32>(0)).unwrap();
+        pid_tx
+            .send(
+                client
+                    .query_one("SELECT pg_backend_pid()", &[])
+                    .unwrap()
+                    .get::<_, i32>(0),
+            )
+            .unwrap();
         query_text(&mut client, "SELECT exactly.next_invoice_number('k')")
     });
     wait_until_blocked(&mut admin, pid_rx.recv().unwrap());
-    admin.execute("SELECT pg_terminate_backend($1)", &[&holder_pid]).unwrap();
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&holder_pid])
+        .unwrap();
 
-    assert_eq!(waiter.join().unwrap(), "k-00000002", "the killed backend's number is handed out again");
-    assert!(holder.batch_execute("COMMIT").is_err(), "the killed backend's connection is gone");
-    assert_eq!(query_text(&mut admin, "SELECT exactly.next_invoice_number('k')"), "k-00000003");
+    assert_eq!(
+        waiter.join().unwrap(),
+        "k-00000002",
+        "the killed backend's number is handed out again"
+    );
+    assert!(
+        holder.batch_execute("COMMIT").is_err(),
+        "the killed backend's connection is gone"
+    );
+    assert_eq!(
+        query_text(&mut admin, "SELECT exactly.next_invoice_number('k')"),
+        "k-00000003"
+    );
 }
 
 #[test]
@@ -157,7 +197,10 @@ fn forty_connections_using_a_new_tenant_at_once_get_1_to_40() {
             thread::spawn(move || {
                 let mut client = config.connect(common::NoTls).unwrap();
                 start.wait();
-                query_text(&mut client, "SELECT exactly.next_invoice_number('brand-new')")
+                query_text(
+                    &mut client,
+                    "SELECT exactly.next_invoice_number('brand-new')",
+                )
             })
         })
         .collect();
@@ -167,7 +210,10 @@ fn forty_connections_using_a_new_tenant_at_once_get_1_to_40() {
     assert_eq!(numbers, expected);
     let rows: i64 = cluster
         .connect()
-        .query_one("SELECT count(*) FROM exactly.invoice_sequences WHERE tenant = 'brand-new'", &[])
+        .query_one(
+            "SELECT count(*) FROM exactly.invoice_sequences WHERE tenant = 'brand-new'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(rows, 1);
@@ -177,7 +223,9 @@ fn forty_connections_using_a_new_tenant_at_once_get_1_to_40() {
 fn bad_input_is_refused_with_a_sqlstate_and_changes_nothing() {
     let cluster = Cluster::start();
     let mut client = cluster.connect();
-    client.batch_execute("SELECT exactly.define_invoice_sequence('11', '11')").unwrap();
+    client
+        .batch_execute("SELECT exactly.define_invoice_sequence('11', '11')")
+        .unwrap();
     let state = |client: &mut Client| -> Vec<(String, String, i32, i64)> {
         client
             .query("SELECT tenant, prefix, width, next_value FROM exactly.invoice_sequences ORDER BY 1", &[])
@@ -192,18 +240,38 @@ fn bad_input_is_refused_with_a_sqlstate_and_changes_nothing() {
         ("SELECT exactly.next_invoice_number('')", "22023"),
         ("SELECT exactly.next_invoice_numbers('11', 0)", "22023"),
         ("SELECT exactly.next_invoice_numbers('11', -1)", "22023"),
-        ("SELECT exactly.next_invoice_numbers('11', 1000001)", "22023"),
+        (
+            "SELECT exactly.next_invoice_numbers('11', 1000001)",
+            "22023",
+        ),
         ("SELECT exactly.next_invoice_numbers(NULL, 2)", "22004"),
-        ("SELECT exactly.define_invoice_sequence('11', '11', 0)", "22023"),
-        ("SELECT exactly.define_invoice_sequence('11', '11', -3)", "22023"),
-        ("SELECT exactly.define_invoice_sequence('11', '11', 20)", "22023"),
-        ("SELECT exactly.define_invoice_sequence('11', NULL)", "22004"),
+        (
+            "SELECT exactly.define_invoice_sequence('11', '11', 0)",
+            "22023",
+        ),
+        (
+            "SELECT exactly.define_invoice_sequence('11', '11', -3)",
+            "22023",
+        ),
+        (
+            "SELECT exactly.define_invoice_sequence('11', '11', 20)",
+            "22023",
+        ),
+        (
+            "SELECT exactly.define_invoice_sequence('11', NULL)",
+            "22004",
+        ),
         ("SELECT exactly.define_invoice_sequence(NULL, 'x')", "22004"),
-        ("SELECT exactly.define_invoice_sequence('11', '11', NULL)", "22004"),
+        (
+            "SELECT exactly.define_invoice_sequence('11', '11', NULL)",
+            "22004",
+        ),
     ] {
         assert_eq!(sqlstate(client.batch_execute(sql)), code, "{sql}");
     }
-    let e = client.batch_execute("SELECT exactly.next_invoice_numbers('11', 0)").unwrap_err();
+    let e = client
+        .batch_execute("SELECT exactly.next_invoice_numbers('11', 0)")
+        .unwrap_err();
     let db = e.as_db_error().unwrap();
     assert_eq!(db.message(), "n must be between 1 and 1000000, not 0");
     assert!(db.hint().is_some(), "every refusal carries a hint");

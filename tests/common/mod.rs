@@ -18,13 +18,21 @@ pub struct Cluster {
 }
 
 fn pg_bindir() -> PathBuf {
-    let pg_config = std::env::var("PG_CONFIG").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
-    let out = Command::new(&pg_config).arg("--bindir").output().expect("run pg_config");
+    let pg_config = std::env::var("PG_CONFIG")
+        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
+    let out = Command::new(&pg_config)
+        .arg("--bindir")
+        .output()
+        .expect("run pg_config");
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 fn running_as_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 /// Postgres refuses to run as root: as root, run server commands as `postgres`.
@@ -59,14 +67,30 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         if running_as_root() {
-            check("chown", Command::new("chown").arg("postgres:").arg(&dir).output().unwrap());
+            check(
+                "chown",
+                Command::new("chown")
+                    .arg("postgres:")
+                    .arg(&dir)
+                    .output()
+                    .unwrap(),
+            );
         }
         let bin = pg_bindir();
         let data = dir.join("data");
         check(
             "initdb",
             server_command(&bin.join("initdb"))
-                .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C", "-D"])
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "-D",
+                ])
                 .arg(&data)
                 .output()
                 .unwrap(),
@@ -96,12 +120,18 @@ impl Cluster {
 
     pub fn config(&self) -> postgres::Config {
         let mut config = postgres::Config::new();
-        config.host_path(&self.dir).port(PORT).user("postgres").dbname("postgres");
+        config
+            .host_path(&self.dir)
+            .port(PORT)
+            .user("postgres")
+            .dbname("postgres");
         config
     }
 
     pub fn connect(&self) -> Client {
-        self.config().connect(NoTls).expect("connect to the test cluster")
+        self.config()
+            .connect(NoTls)
+            .expect("connect to the test cluster")
     }
 
     /// Run a SQL file through psql as a user would, returning what psql printed (errors in
@@ -112,7 +142,16 @@ impl Cluster {
         let status = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-a", "-v", "ON_ERROR_STOP=0", "-h"])
             .arg(&self.dir)
-            .args(["-p", &PORT.to_string(), "-U", "postgres", "-d", "postgres", "-f", "-"])
+            .args([
+                "-p",
+                &PORT.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-f",
+                "-",
+            ])
             .stdin(std::fs::File::open(file).unwrap())
             .stdout(output.try_clone().unwrap())
             .stderr(output)
@@ -138,7 +177,10 @@ impl Drop for Cluster {
 pub fn sqlstate(result: Result<impl Sized, postgres::Error>) -> String {
     match result {
         Ok(_) => panic!("expected an error, the statement succeeded"),
-        Err(e) => e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {e}")),
+        Err(e) => e
+            .code()
+            .map(|c| c.code().to_string())
+            .unwrap_or_else(|| format!("no SQLSTATE: {e}")),
     }
 }
 
@@ -147,12 +189,37 @@ pub fn wait_until_blocked(client: &mut Client, pid: i32) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let row = client
-            .query_one("SELECT coalesce(wait_event_type, '') FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .query_one(
+                "SELECT coalesce(wait_event_type, '') FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
             .unwrap();
         if row.get::<_, String>(0) == "Lock" {
             return;
         }
-        assert!(Instant::now() < deadline, "backend {pid} never waited on a lock");
+        assert!(
+            Instant::now() < deadline,
+            "backend {pid} never waited on a lock"
+        );
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A small deterministic generator, so each thread gets its own reproducible mix.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Shuffle in place (Fisher-Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, (self.next() % (i as u64 + 1)) as usize);
+        }
     }
 }
