@@ -15,7 +15,7 @@ cluster_start() {  # extra arguments are server options, e.g. -c max_connections
     CLUSTER_DIR=$(mktemp -d /tmp/pg_exactly.XXXXXX)
     chmod 755 "$CLUSTER_DIR"
     [ "$(id -un)" = postgres ] || "${SUDO[@]}" chown postgres: "$CLUSTER_DIR"
-    as_postgres "$CLUSTER_BIN/initdb" -U postgres --auth=trust -E UTF8 --locale=C \
+    as_postgres "$CLUSTER_BIN/initdb" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 \
         -D "$CLUSTER_DIR/data" >/dev/null
     as_postgres "$CLUSTER_BIN/pg_ctl" -w -D "$CLUSTER_DIR/data" -l "$CLUSTER_DIR/server.log" \
         -o "-c listen_addresses='' -k $CLUSTER_DIR -p 5432 $*" start >/dev/null

@@ -5,6 +5,9 @@
 //! after another and each sees the count the previous one committed: the raffle can never
 //! get more tickets than requested, and a call creates its whole batch or nothing.
 
+use std::panic::AssertUnwindSafe;
+
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::{pg_sys, PgBuiltInOids};
@@ -30,6 +33,9 @@ const LOCK_RAFFLE: &str = "SELECT tickets_requested - tickets_created, code_leng
      FROM exactly.raffles WHERE id = $1 FOR UPDATE";
 /// `$2` holds distinct codes in ascending order: the unique index is filled left to right.
 const INSERT_TICKETS: &str = "INSERT INTO exactly.tickets (raffle_id, code) \
+     SELECT $1, code FROM unnest($2::text[]) AS code";
+/// The same, skipping codes already taken: slower (a speculative insertion per row).
+const INSERT_FREE_TICKETS: &str = "INSERT INTO exactly.tickets (raffle_id, code) \
      SELECT $1, code FROM unnest($2::text[]) AS code ON CONFLICT (code) DO NOTHING";
 const COUNT_CREATED: &str =
     "UPDATE exactly.raffles SET tickets_created = tickets_created + $2 WHERE id = $1";
@@ -120,23 +126,64 @@ fn create(client: &mut SpiClient<'_>, raffle: i64, n: i32) -> i32 {
 /// Insert `count` tickets with fresh random codes; a code already taken (by any raffle) is
 /// replaced by another, so exactly `count` rows are inserted or the call fails.
 fn insert_tickets(client: &mut SpiClient<'_>, raffle: i64, count: usize, code_length: usize) {
-    let mut missing = count;
+    let codes = random_codes(count, code_length);
+    let array = codes_to_text_array(&codes, code_length);
+    // With 12 characters a taken code is a one-in-billions event: try the plain INSERT, ~25%
+    // faster than ON CONFLICT, and fall back only when a code turns out to be taken.
+    if codes.len() == count && insert_all_or_nothing(client, raffle, array) {
+        return;
+    }
+    let insert = |client: &mut SpiClient<'_>, array: pg_sys::Datum| {
+        let args = [raffle.into(), text_array_arg(array)];
+        spi_plans::run(client, INSERT_FREE_TICKETS, &[INT8, TEXT_ARRAY], &args).len()
+    };
+    let mut missing = count - insert(client, array);
     for _ in 0..MAX_CODE_ROUNDS {
-        let codes = random_codes(missing, code_length);
-        let array = codes_to_text_array(&codes, code_length);
-        missing -= spi_plans::run(client, INSERT_TICKETS, &[INT8, TEXT_ARRAY], &[raffle.into(), array]).len();
         if missing == 0 {
             return;
         }
+        let codes = random_codes(missing, code_length);
+        missing -= insert(client, codes_to_text_array(&codes, code_length));
     }
-    raise(
-        PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-        format!(
-            "could not find {missing} more unused codes of {code_length} characters for raffle \
-             {raffle} in {MAX_CODE_ROUNDS} rounds: the 16^{code_length} possible codes are nearly used up"
-        ),
-        "give the raffle a longer code_length before creating more tickets",
-    )
+    if missing > 0 {
+        raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "could not find {missing} more unused codes of {code_length} characters for raffle \
+                 {raffle} in {MAX_CODE_ROUNDS} rounds: the 16^{code_length} possible codes are nearly used up"
+            ),
+            "give the raffle a longer code_length before creating more tickets",
+        )
+    }
+}
+
+/// Insert every code with a plain INSERT inside a subtransaction: true when all went in,
+/// false (and nothing inserted) when one was already taken.
+fn insert_all_or_nothing(client: &mut SpiClient<'_>, raffle: i64, array: pg_sys::Datum) -> bool {
+    // SAFETY: the subtransaction dance of PL/Python's subtransactions: begin, then commit or
+    // roll back, restoring the caller's memory context and resource owner either way.
+    unsafe {
+        let (context, owner) = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        let restore = || {
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+        };
+        PgTryBuilder::new(AssertUnwindSafe(|| {
+            let args = [raffle.into(), text_array_arg(array)];
+            spi_plans::run(client, INSERT_TICKETS, &[INT8, TEXT_ARRAY], &args);
+            pg_sys::ReleaseCurrentSubTransaction();
+            restore();
+            true
+        }))
+        .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, |_| {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            restore();
+            false
+        })
+        .execute()
+    }
 }
 
 /// Up to `count` distinct random codes of `length` hex digits, as numbers, ascending.
@@ -165,7 +212,7 @@ fn random_codes(count: usize, length: usize) -> Vec<u128> {
 
 /// The codes as a `text[]` of upper-case hex strings, zero-padded to `length`. Built directly
 /// as server datums: a million codes would otherwise go through a million Rust Strings.
-fn codes_to_text_array(codes: &[u128], length: usize) -> pgrx::datum::DatumWithOid<'static> {
+fn codes_to_text_array(codes: &[u128], length: usize) -> pg_sys::Datum {
     let mut datums: Vec<pg_sys::Datum> = codes
         .iter()
         .map(|&code| {
@@ -177,6 +224,114 @@ fn codes_to_text_array(codes: &[u128], length: usize) -> pgrx::datum::DatumWithO
     // SAFETY: `datums` are valid text datums; the array is allocated in the current context.
     unsafe {
         let array = pg_sys::construct_array_builtin(datums.as_mut_ptr(), datums.len() as i32, pg_sys::TEXTOID);
-        pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(array), pg_sys::TEXTARRAYOID)
+        pg_sys::Datum::from(array)
+    }
+}
+
+/// A `text[]` datum from `codes_to_text_array` as a statement argument.
+fn text_array_arg(array: pg_sys::Datum) -> DatumWithOid<'static> {
+    // SAFETY: `array` is a text[] built by codes_to_text_array in a context that outlives the call.
+    unsafe { DatumWithOid::new(array, pg_sys::TEXTARRAYOID) }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn raffle(requested: i64, code_length: i32) -> i64 {
+        Spi::get_one_with_args::<i64>(
+            "INSERT INTO exactly.raffles (tickets_requested, code_length) VALUES ($1, $2) RETURNING id",
+            &[requested.into(), code_length.into()],
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    fn create(raffle: i64, n: i32, key: Option<&str>) -> i32 {
+        Spi::get_one_with_args::<i32>(
+            "SELECT exactly.batch_create_tickets(raffle => $1, n => $2, batch_key => $3)",
+            &[raffle.into(), n.into(), key.into()],
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    fn count(sql: &str, raffle: i64) -> i64 {
+        Spi::get_one_with_args::<i64>(sql, &[raffle.into()]).unwrap().unwrap()
+    }
+
+    #[pg_test]
+    fn creates_at_most_what_remains_and_counts_it() {
+        let r = raffle(2500, 12);
+        assert_eq!(create(r, 1000, None), 1000);
+        assert_eq!(create(r, 1000, None), 1000);
+        assert_eq!(create(r, 1000, None), 500);
+        assert_eq!(create(r, 1000, None), 0);
+        assert_eq!(count("SELECT count(*) FROM exactly.tickets WHERE raffle_id = $1", r), 2500);
+        assert_eq!(count("SELECT tickets_created FROM exactly.raffles WHERE id = $1", r), 2500);
+    }
+
+    #[pg_test]
+    fn codes_are_unique_upper_case_hex_of_the_raffles_length() {
+        let r = raffle(5000, 7);
+        create(r, 5000, None);
+        assert_eq!(
+            count("SELECT count(DISTINCT code) FROM exactly.tickets WHERE raffle_id = $1 AND code ~ '^[0-9A-F]{7}$'", r),
+            5000
+        );
+    }
+
+    #[pg_test]
+    fn n_zero_creates_nothing_and_returns_zero() {
+        let r = raffle(10, 12);
+        assert_eq!(create(r, 0, None), 0);
+        assert_eq!(count("SELECT count(*) FROM exactly.tickets WHERE raffle_id = $1", r), 0);
+    }
+
+    #[pg_test]
+    fn a_repeated_batch_key_returns_the_first_count_and_creates_nothing() {
+        let r = raffle(1500, 12);
+        assert_eq!(create(r, 1000, Some("a")), 1000);
+        assert_eq!(create(r, 1000, Some("b")), 500);
+        assert_eq!(create(r, 1000, Some("a")), 1000);
+        assert_eq!(create(r, 1000, Some("b")), 500);
+        assert_eq!(count("SELECT count(*) FROM exactly.tickets WHERE raffle_id = $1", r), 1500);
+    }
+
+    /// With 4-character codes, a third of them taken by another raffle, nearly every batch of
+    /// 20 distinct codes meets a taken one: the plain insert fails, its subtransaction is
+    /// rolled back, and the call still creates exactly its count.
+    #[pg_test]
+    fn taken_codes_are_replaced_and_the_count_stays_exact() {
+        let crowded = raffle(20_000, 4);
+        assert_eq!(create(crowded, 20_000, None), 20_000);
+        let r = raffle(3000, 4);
+        for _ in 0..150 {
+            assert_eq!(create(r, 20, None), 20);
+        }
+        assert_eq!(count("SELECT count(*) FROM exactly.tickets WHERE raffle_id = $1", r), 3000);
+        assert_eq!(count("SELECT count(DISTINCT code) FROM exactly.tickets WHERE raffle_id IN ($1, $1 - 1)", r), 23_000);
+        assert_eq!(count("SELECT tickets_created FROM exactly.raffles WHERE id = $1", r), 3000);
+    }
+
+    #[pg_test]
+    fn purge_forgets_old_batch_keys() {
+        let r = raffle(10, 12);
+        create(r, 5, Some("old"));
+        Spi::run("UPDATE exactly.ticket_batches SET created_at = now() - interval '40 days'").unwrap();
+        create(r, 5, Some("new"));
+        assert_eq!(Spi::get_one::<i64>("SELECT exactly.purge_ticket_batches('30 days')").unwrap(), Some(1));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM exactly.ticket_batches").unwrap(), Some(1));
+    }
+
+    #[pg_test(error = "raffle 424242 does not exist")]
+    fn an_unknown_raffle_is_refused() {
+        create(424242, 1, None);
+    }
+
+    #[pg_test(error = "n must be between 0 and 1000000, not -1")]
+    fn a_negative_n_is_refused() {
+        create(raffle(10, 12), -1, None);
     }
 }
