@@ -35,6 +35,20 @@ pgbench_run 10 demo/invoice_rollback.pgbench exactly
 psql_quiet -d exactly -f demo/invoices_proof.sql
 psql_quiet -d exactly -c "SELECT tenant, prefix, width, next_value FROM exactly.invoice_sequences ORDER BY tenant"
 
+echo
+echo "== seed 000: a raffle of 100,500 tickets filled by 101 batch jobs (100 x 1000 + 500),"
+echo "   every job run twice, in random order, 16 at a time (pgbench)"
+echo
+psql_quiet -c "CREATE DATABASE naive_tickets" -c "CREATE DATABASE tickets"
+echo "-- the seed's first attempt: read what is left, insert the batch, count it (no lock)"
+psql_quiet -d naive_tickets -f demo/tickets_jobs.sql -f demo/tickets_naive.sql
+pgbench -n -c 16 -j 2 -t 13 -f demo/tickets_naive.pgbench naive_tickets >/dev/null
+psql_quiet -d naive_tickets -f demo/tickets_proof.sql
+echo "-- pg_exactly: exactly.batch_create_tickets(raffle, n, batch_key)"
+psql_quiet -d tickets -f demo/tickets_jobs.sql
+pgbench -n -c 16 -j 2 -t 13 -f demo/tickets.pgbench tickets >/dev/null
+psql_quiet -d tickets -f demo/tickets_proof.sql
+
 if [ "${KEEP_CLUSTER:-}" = 1 ]; then
     echo "The cluster is still running. Connect with:"
     echo "    psql -h $CLUSTER_DIR -U postgres exactly"

@@ -313,6 +313,12 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM exactly.tickets WHERE raffle_id = $1", r), 3000);
         assert_eq!(count("SELECT count(DISTINCT code) FROM exactly.tickets WHERE raffle_id IN ($1, $1 - 1)", r), 23_000);
         assert_eq!(count("SELECT tickets_created FROM exactly.raffles WHERE id = $1", r), 3000);
+        // rows the rolled-back plain inserts wrote before meeting a taken code: the fallback ran
+        let attempted = count(
+            "SELECT n_tup_ins FROM pg_stat_xact_user_tables WHERE relid = 'exactly.tickets'::regclass AND $1 > 0",
+            r,
+        );
+        assert!(attempted > 23_000, "no plain insert was rolled back ({attempted} rows inserted)");
     }
 
     #[pg_test]

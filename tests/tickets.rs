@@ -103,20 +103,9 @@ fn without_batch_keys_the_raffle_still_stops_at_what_was_requested() {
     assert!(faults.is_empty(), "{faults:?}");
 }
 
-/// The seed's first attempt: read what is left, insert, count, without locking the raffle.
-/// The sleep stands for the application's round trip between its read and its write.
-const NAIVE_BATCH: &str = "
-    CREATE FUNCTION naive_batch_create_tickets(p_raffle bigint, p_n int) RETURNS int
-    LANGUAGE plpgsql AS $$
-    DECLARE k int;
-    BEGIN
-        SELECT least(p_n, tickets_requested - tickets_created) INTO k FROM exactly.raffles WHERE id = p_raffle;
-        PERFORM pg_sleep(0.005);
-        INSERT INTO exactly.tickets (raffle_id, code)
-        SELECT p_raffle, upper(substr(md5(random()::text || i), 1, 12)) FROM generate_series(1, k) i;
-        UPDATE exactly.raffles SET tickets_created = tickets_created + k WHERE id = p_raffle;
-        RETURN k;
-    END $$;";
+/// The seed's first attempt: read what is left, insert, count, without locking the raffle
+/// (shared with the demo).
+const NAIVE_BATCH: &str = include_str!("../demo/tickets_naive.sql");
 
 /// The same jobs and the same check against the seed's unlocked version: the check catches
 /// it, so the tests above would fail without the raffle lock.
