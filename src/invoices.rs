@@ -6,14 +6,13 @@
 //! duplicate-free follow from the row lock alone; the fair queue in `xact_lock` in front of
 //! it is there for speed under contention (see that module).
 
-use std::num::NonZeroUsize;
-
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::{pg_sys, PgBuiltInOids};
 
 use crate::errors::{raise, required};
 use crate::spi_plans;
+use crate::trigger_rows::{column, column_as_text};
 use crate::xact_lock::{lock_exclusive, LockSpace};
 
 /// Most numbers `next_invoice_numbers` hands out in one call (the set is built in memory).
@@ -199,21 +198,8 @@ fn assign_invoice_number<'a>(
     let row = trigger
         .new()
         .expect("a BEFORE INSERT row trigger has a new row");
-    let column = |name: &str| {
-        row.get_attribute_by_name(name).unwrap_or_else(|| {
-            raise(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                format!(
-                    "column \"{name}\" of table \"{}\" does not exist",
-                    trigger.table_name().unwrap()
-                ),
-                USAGE,
-            )
-        })
-    };
-    let (tenant_attno, _) = column(tenant_column);
-    let (number_attno, number_att) = column(number_column);
-    let (number_type, number_typmod) = (number_att.atttypid, number_att.atttypmod);
+    let (tenant_attno, _, _) = column(trigger, tenant_column, USAGE);
+    let (number_attno, number_type, number_typmod) = column(trigger, number_column, USAGE);
     if number_type != pg_sys::TEXTOID && number_type != pg_sys::VARCHAROID {
         raise(
             PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
@@ -221,10 +207,11 @@ fn assign_invoice_number<'a>(
             "invoice numbers are text such as 11-00000001",
         );
     }
-    if !is_null(trigger, number_attno) {
+    let new_tuple = trigger.trigger_data().tg_trigtuple;
+    if column_as_text(trigger, new_tuple, number_attno).is_some() {
         return Ok(Some(row.into_owned())); // the caller chose the number
     }
-    let tenant = column_as_text(trigger, tenant_attno).unwrap_or_else(|| {
+    let tenant = column_as_text(trigger, new_tuple, tenant_attno).unwrap_or_else(|| {
         raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
             format!("tenant column \"{tenant_column}\" is NULL"),
@@ -244,38 +231,6 @@ fn assign_invoice_number<'a>(
     let mut row = row.into_owned();
     row.set_by_index(number_attno, number)?;
     Ok(Some(row))
-}
-
-fn is_null(trigger: &PgTrigger, attno: NonZeroUsize) -> bool {
-    let data = trigger.trigger_data();
-    // SAFETY: the trigger manager hands us a valid row and the relation's descriptor.
-    unsafe {
-        pg_sys::heap_attisnull(
-            data.tg_trigtuple,
-            attno.get() as i32,
-            (*data.tg_relation).rd_att,
-        )
-    }
-}
-
-/// The row's value in column `attno` as text, whatever its type (text, integer, uuid, ...).
-fn column_as_text(trigger: &PgTrigger, attno: NonZeroUsize) -> Option<String> {
-    let data = trigger.trigger_data();
-    // SAFETY: as above; the output function of the column's own type renders the datum.
-    unsafe {
-        let tupdesc = (*data.tg_relation).rd_att;
-        let datum = pgrx::heap_getattr_raw(data.tg_trigtuple, attno, tupdesc)?;
-        let type_oid =
-            (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)[attno.get() - 1].atttypid;
-        let (mut output, mut varlena) = (pg_sys::InvalidOid, false);
-        pg_sys::getTypeOutputInfo(type_oid, &mut output, &mut varlena);
-        let text = pg_sys::OidOutputFunctionCall(output, datum);
-        Some(
-            std::ffi::CStr::from_ptr(text)
-                .to_string_lossy()
-                .into_owned(),
-        )
-    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

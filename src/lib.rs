@@ -4,12 +4,15 @@
 
 mod errors;
 mod invoices;
+mod ledger;
 mod spi_plans;
 mod tickets;
+mod trigger_rows;
 mod xact_lock;
 
 pgrx::extension_sql_file!("../sql/invoices.sql", name = "invoices_schema", bootstrap);
 pgrx::extension_sql_file!("../sql/tickets.sql", name = "tickets_schema");
+pgrx::extension_sql_file!("../sql/ledger.sql", name = "ledger_schema");
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

@@ -27,7 +27,8 @@ const TEXT_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
 
 const CLAIM_BATCH_KEY: &str = "INSERT INTO exactly.ticket_batches (batch_key, raffle_id, n) \
      VALUES ($1, $2, $3) ON CONFLICT (batch_key) DO NOTHING";
-const FIRST_CALL: &str = "SELECT raffle_id, n, created FROM exactly.ticket_batches WHERE batch_key = $1";
+const FIRST_CALL: &str =
+    "SELECT raffle_id, n, created FROM exactly.ticket_batches WHERE batch_key = $1";
 const RECORD_BATCH: &str = "UPDATE exactly.ticket_batches SET created = $2 WHERE batch_key = $1";
 const LOCK_RAFFLE: &str = "SELECT tickets_requested - tickets_created, code_length \
      FROM exactly.raffles WHERE id = $1 FOR UPDATE";
@@ -65,7 +66,12 @@ fn batch_create_tickets(
         }
         let created = create(client, raffle, n);
         if let Some(key) = batch_key {
-            spi_plans::run(client, RECORD_BATCH, &[TEXT, INT4], &[key.into(), created.into()]);
+            spi_plans::run(
+                client,
+                RECORD_BATCH,
+                &[TEXT, INT4],
+                &[key.into(), created.into()],
+            );
         }
         created
     })
@@ -118,8 +124,18 @@ fn create(client: &mut SpiClient<'_>, raffle: i64, n: i32) -> i32 {
     if count == 0 {
         return 0;
     }
-    insert_tickets(client, raffle, count as usize, code_length.unwrap() as usize);
-    spi_plans::run(client, COUNT_CREATED, &[INT8, INT8], &[raffle.into(), count.into()]);
+    insert_tickets(
+        client,
+        raffle,
+        count as usize,
+        code_length.unwrap() as usize,
+    );
+    spi_plans::run(
+        client,
+        COUNT_CREATED,
+        &[INT8, INT8],
+        &[raffle.into(), count.into()],
+    );
     count as i32
 }
 
@@ -200,10 +216,19 @@ fn random_codes(count: usize, length: usize) -> Vec<u128> {
             "the server's strong random source failed; see its log",
         );
     }
-    let mask = if length == 32 { u128::MAX } else { (1u128 << (4 * length)) - 1 };
+    let mask = if length == 32 {
+        u128::MAX
+    } else {
+        (1u128 << (4 * length)) - 1
+    };
     let mut codes: Vec<u128> = bytes
         .chunks_exact(bytes_per_code)
-        .map(|chunk| chunk.iter().fold(0u128, |acc, &b| (acc << 8) | u128::from(b)) & mask)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .fold(0u128, |acc, &b| (acc << 8) | u128::from(b))
+                & mask
+        })
         .collect();
     codes.sort_unstable();
     codes.dedup();
@@ -218,12 +243,21 @@ fn codes_to_text_array(codes: &[u128], length: usize) -> pg_sys::Datum {
         .map(|&code| {
             let hex = format!("{code:0length$X}");
             // SAFETY: copies `length` bytes into a new text datum in the current context.
-            unsafe { pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(hex.as_ptr().cast(), length as i32)) }
+            unsafe {
+                pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+                    hex.as_ptr().cast(),
+                    length as i32,
+                ))
+            }
         })
         .collect();
     // SAFETY: `datums` are valid text datums; the array is allocated in the current context.
     unsafe {
-        let array = pg_sys::construct_array_builtin(datums.as_mut_ptr(), datums.len() as i32, pg_sys::TEXTOID);
+        let array = pg_sys::construct_array_builtin(
+            datums.as_mut_ptr(),
+            datums.len() as i32,
+            pg_sys::TEXTOID,
+        );
         pg_sys::Datum::from(array)
     }
 }
@@ -258,7 +292,9 @@ mod tests {
     }
 
     fn count(sql: &str, raffle: i64) -> i64 {
-        Spi::get_one_with_args::<i64>(sql, &[raffle.into()]).unwrap().unwrap()
+        Spi::get_one_with_args::<i64>(sql, &[raffle.into()])
+            .unwrap()
+            .unwrap()
     }
 
     #[pg_test]
@@ -268,8 +304,20 @@ mod tests {
         assert_eq!(create(r, 1000, None), 1000);
         assert_eq!(create(r, 1000, None), 500);
         assert_eq!(create(r, 1000, None), 0);
-        assert_eq!(count("SELECT count(*) FROM exactly.tickets WHERE raffle_id = $1", r), 2500);
-        assert_eq!(count("SELECT tickets_created FROM exactly.raffles WHERE id = $1", r), 2500);
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM exactly.tickets WHERE raffle_id = $1",
+                r
+            ),
+            2500
+        );
+        assert_eq!(
+            count(
+                "SELECT tickets_created FROM exactly.raffles WHERE id = $1",
+                r
+            ),
+            2500
+        );
     }
 
     #[pg_test]
@@ -286,7 +334,13 @@ mod tests {
     fn n_zero_creates_nothing_and_returns_zero() {
         let r = raffle(10, 12);
         assert_eq!(create(r, 0, None), 0);
-        assert_eq!(count("SELECT count(*) FROM exactly.tickets WHERE raffle_id = $1", r), 0);
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM exactly.tickets WHERE raffle_id = $1",
+                r
+            ),
+            0
+        );
     }
 
     #[pg_test]
@@ -296,7 +350,13 @@ mod tests {
         assert_eq!(create(r, 1000, Some("b")), 500);
         assert_eq!(create(r, 1000, Some("a")), 1000);
         assert_eq!(create(r, 1000, Some("b")), 500);
-        assert_eq!(count("SELECT count(*) FROM exactly.tickets WHERE raffle_id = $1", r), 1500);
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM exactly.tickets WHERE raffle_id = $1",
+                r
+            ),
+            1500
+        );
     }
 
     /// With 4-character codes, a third of them taken by another raffle, nearly every batch of
@@ -310,25 +370,53 @@ mod tests {
         for _ in 0..150 {
             assert_eq!(create(r, 20, None), 20);
         }
-        assert_eq!(count("SELECT count(*) FROM exactly.tickets WHERE raffle_id = $1", r), 3000);
-        assert_eq!(count("SELECT count(DISTINCT code) FROM exactly.tickets WHERE raffle_id IN ($1, $1 - 1)", r), 23_000);
-        assert_eq!(count("SELECT tickets_created FROM exactly.raffles WHERE id = $1", r), 3000);
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM exactly.tickets WHERE raffle_id = $1",
+                r
+            ),
+            3000
+        );
+        assert_eq!(
+            count(
+                "SELECT count(DISTINCT code) FROM exactly.tickets WHERE raffle_id IN ($1, $1 - 1)",
+                r
+            ),
+            23_000
+        );
+        assert_eq!(
+            count(
+                "SELECT tickets_created FROM exactly.raffles WHERE id = $1",
+                r
+            ),
+            3000
+        );
         // rows the rolled-back plain inserts wrote before meeting a taken code: the fallback ran
         let attempted = count(
             "SELECT n_tup_ins FROM pg_stat_xact_user_tables WHERE relid = 'exactly.tickets'::regclass AND $1 > 0",
             r,
         );
-        assert!(attempted > 23_000, "no plain insert was rolled back ({attempted} rows inserted)");
+        assert!(
+            attempted > 23_000,
+            "no plain insert was rolled back ({attempted} rows inserted)"
+        );
     }
 
     #[pg_test]
     fn purge_forgets_old_batch_keys() {
         let r = raffle(10, 12);
         create(r, 5, Some("old"));
-        Spi::run("UPDATE exactly.ticket_batches SET created_at = now() - interval '40 days'").unwrap();
+        Spi::run("UPDATE exactly.ticket_batches SET created_at = now() - interval '40 days'")
+            .unwrap();
         create(r, 5, Some("new"));
-        assert_eq!(Spi::get_one::<i64>("SELECT exactly.purge_ticket_batches('30 days')").unwrap(), Some(1));
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM exactly.ticket_batches").unwrap(), Some(1));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT exactly.purge_ticket_batches('30 days')").unwrap(),
+            Some(1)
+        );
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM exactly.ticket_batches").unwrap(),
+            Some(1)
+        );
     }
 
     #[pg_test(error = "raffle 424242 does not exist")]

@@ -11,19 +11,70 @@
 //! they never meet ours. `classid` and `objid` hold the high and low halves of a 64-bit
 //! FNV-1a hash of the name. A collision between two names only makes them share a queue.
 
-use pgrx::pg_sys;
+use std::cell::RefCell;
 
-/// `pg_locks.objsubid` of each of our lock spaces.
-#[derive(Clone, Copy)]
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::errors::raise;
+
+/// `pg_locks.objsubid` of each of our lock spaces. The order of the spaces is part of the
+/// lock order of `lock_exclusive_in_order`: an idempotency key before its account.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 #[repr(u16)]
 pub enum LockSpace {
     /// one lock per invoice tenant, held by whoever draws that tenant's numbers
     InvoiceTenant = 101,
+    /// one lock per payment idempotency key, taken before the key's account
+    PaymentKey = 102,
+    /// one lock per ledger account of exactly.payments
+    Account = 103,
+    /// one lock per (table, account) of a table kept by exactly.maintain_running_balance()
+    TableAccount = 104,
 }
 
 /// Take `name`'s lock in `space`, waiting in line if another transaction holds it.
 /// Released when the (sub)transaction ends.
 pub fn lock_exclusive(space: LockSpace, name: &str) {
+    acquire(space, name, false);
+}
+
+thread_local! {
+    /// The highest (space, name) this backend's current transaction locked in order, tagged
+    /// with the transaction's local id: stale, and ignored, once that transaction has ended.
+    static HIGHEST_IN_ORDER: RefCell<Option<(pg_sys::LocalTransactionId, LockSpace, String)>> =
+        const { RefCell::new(None) };
+}
+
+/// Take `name`'s lock in `space` for a transaction that may hold several such locks, taken
+/// in any order, without ever deadlocking: a transaction only waits for a lock that sorts
+/// after every lock it already holds, so no cycle of waits can form. A lock that sorts
+/// before one already held is taken only if it is free; if it is not, waiting could close a
+/// cycle, and the call fails with a serialization failure (40001) to retry instead.
+pub fn lock_exclusive_in_order(space: LockSpace, name: &str) {
+    // SAFETY: MyProc is this backend's PGPROC, set before any SQL runs.
+    let xact = unsafe { (*pg_sys::MyProc).lxid };
+    let after_all_held = HIGHEST_IN_ORDER.with(|highest| match &*highest.borrow() {
+        Some((x, s, n)) if *x == xact => (space, name) >= (*s, n.as_str()),
+        _ => true,
+    });
+    if after_all_held {
+        acquire(space, name, false);
+        HIGHEST_IN_ORDER.with(|highest| *highest.borrow_mut() = Some((xact, space, name.to_string())));
+    } else if !acquire(space, name, true) {
+        raise(
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            format!(
+                "\"{name}\" is busy, and this transaction already holds a lock that sorts after it; \
+                 waiting could deadlock"
+            ),
+            "retry the transaction; appending to several accounts in ascending order never needs a retry",
+        );
+    }
+}
+
+/// LockAcquire on our tag; with `no_wait`, false when another transaction holds it.
+fn acquire(space: LockSpace, name: &str, no_wait: bool) -> bool {
     let hash = fnv1a64(name.as_bytes());
     let tag = pg_sys::LOCKTAG {
         // SAFETY: MyDatabaseId is set once the backend is connected, before any SQL runs.
@@ -35,14 +86,10 @@ pub fn lock_exclusive(space: LockSpace, name: &str) {
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
     };
     // SAFETY: a well-formed tag; an error (deadlock, cancel) longjmps out as an ERROR.
-    unsafe {
-        pg_sys::LockAcquire(
-            &tag,
-            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
-            false,
-            false,
-        );
-    }
+    let result = unsafe {
+        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, no_wait)
+    };
+    result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
 }
 
 /// FNV-1a, 64 bits: stable across releases, so backends running two versions of this

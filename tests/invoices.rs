@@ -4,10 +4,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Barrier};
 use std::thread;
 
-use common::{sqlstate, wait_until_blocked, Client, Cluster, XorShift};
+use common::{at_once, sqlstate, wait_until_blocked, Client, Cluster, XorShift};
 
 /// The user's own table, numbered by our trigger, as in seed 001 (shared with the demo).
 const OUR_TRIGGER: &str = include_str!("../demo/invoices_exactly.sql");
@@ -22,40 +21,29 @@ fn insert_concurrently(
     connections: usize,
     inserts: usize,
 ) -> Vec<(String, String)> {
-    let start = Arc::new(Barrier::new(connections));
-    let workers: Vec<_> = (0..connections)
-        .map(|i| {
-            let (config, start) = (cluster.config(), start.clone());
-            thread::spawn(move || {
-                let mut client = config.connect(common::NoTls).unwrap();
-                let mut random = XorShift(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
-                let mut committed = Vec::new();
-                start.wait();
-                for _ in 0..inserts {
-                    let tenant = if random.next() % 2 == 0 { "11" } else { "12" };
-                    let mut tx = client.transaction().unwrap();
-                    let number: String = tx
-                        .query_one(
-                            "INSERT INTO invoices (tenant_identifier) VALUES ($1) RETURNING invoice_number",
-                            &[&tenant],
-                        )
-                        .unwrap()
-                        .get(0);
-                    if random.next() % 5 == 0 {
-                        tx.rollback().unwrap();
-                    } else {
-                        tx.commit().unwrap();
-                        committed.push((tenant.to_string(), number));
-                    }
-                }
-                committed
-            })
-        })
-        .collect();
-    let mut all: Vec<_> = workers
-        .into_iter()
-        .flat_map(|w| w.join().unwrap())
-        .collect();
+    let committed = at_once(cluster, connections, move |i, client| {
+        let mut random = XorShift(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
+        let mut committed = Vec::new();
+        for _ in 0..inserts {
+            let tenant = if random.next() % 2 == 0 { "11" } else { "12" };
+            let mut tx = client.transaction().unwrap();
+            let number: String = tx
+                .query_one(
+                    "INSERT INTO invoices (tenant_identifier) VALUES ($1) RETURNING invoice_number",
+                    &[&tenant],
+                )
+                .unwrap()
+                .get(0);
+            if random.next() % 5 == 0 {
+                tx.rollback().unwrap();
+            } else {
+                tx.commit().unwrap();
+                committed.push((tenant.to_string(), number));
+            }
+        }
+        committed
+    });
+    let mut all: Vec<_> = committed.into_iter().flatten().collect();
     all.sort();
     all
 }
@@ -190,21 +178,9 @@ fn a_backend_killed_while_holding_a_number_leaves_no_gap() {
 #[test]
 fn forty_connections_using_a_new_tenant_at_once_get_1_to_40() {
     let cluster = Cluster::start();
-    let start = Arc::new(Barrier::new(40));
-    let workers: Vec<_> = (0..40)
-        .map(|_| {
-            let (config, start) = (cluster.config(), start.clone());
-            thread::spawn(move || {
-                let mut client = config.connect(common::NoTls).unwrap();
-                start.wait();
-                query_text(
-                    &mut client,
-                    "SELECT exactly.next_invoice_number('brand-new')",
-                )
-            })
-        })
-        .collect();
-    let mut numbers: Vec<String> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let mut numbers = at_once(&cluster, 40, |_, client| {
+        query_text(client, "SELECT exactly.next_invoice_number('brand-new')")
+    });
     numbers.sort();
     let expected: Vec<String> = (1..=40).map(|n| format!("brand-new-{n:08}")).collect();
     assert_eq!(numbers, expected);

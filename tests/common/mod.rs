@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 pub use postgres::{Client, NoTls};
@@ -222,4 +223,25 @@ impl XorShift {
             items.swap(i, (self.next() % (i as u64 + 1)) as usize);
         }
     }
+}
+
+/// Run `work(i, client)` on `connections` threads, each with a connection (a backend) of its
+/// own, all starting at the same moment; returns their results in thread order.
+pub fn at_once<T, F>(cluster: &Cluster, connections: usize, work: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize, &mut Client) -> T + Send + Sync + 'static,
+{
+    let (start, work) = (Arc::new(Barrier::new(connections)), Arc::new(work));
+    let workers: Vec<_> = (0..connections)
+        .map(|i| {
+            let (config, start, work) = (cluster.config(), start.clone(), work.clone());
+            std::thread::spawn(move || {
+                let mut client = config.connect(NoTls).expect("connect to the test cluster");
+                start.wait();
+                work(i, &mut client)
+            })
+        })
+        .collect();
+    workers.into_iter().map(|w| w.join().unwrap()).collect()
 }

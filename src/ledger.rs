@@ -1,0 +1,441 @@
+//! Running-balance ledgers (seed 004).
+//!
+//! An append locks its account (a fair queue lock in front of the account row, held to the
+//! end of the transaction) and, in one statement, adds the amount to the account's balance
+//! and inserts the entry with that new balance as its running balance. Appends to one
+//! account therefore run one after another, each from the balance the previous one
+//! committed, and the entry id (drawn under the lock) orders them. Accounts are locked with
+//! `lock_exclusive_in_order`, so our functions never deadlock, whatever order a transaction
+//! appends to its accounts in.
+
+use pgrx::datum::AnyNumeric;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::{pg_sys, PgBuiltInOids};
+
+use crate::errors::{raise, required};
+use crate::spi_plans;
+use crate::trigger_rows::{column, column_as_text};
+use crate::xact_lock::{lock_exclusive_in_order, LockSpace};
+
+/// The account of the one-argument `append_payment(amount)`, the seed's single ledger.
+const DEFAULT_ACCOUNT: &str = "default";
+/// Most amounts one `append_payments` call appends (they are built into one statement).
+const MAX_AMOUNTS_PER_CALL: usize = 1_000_000;
+
+const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+const NUMERIC: PgOid = PgOid::BuiltIn(PgBuiltInOids::NUMERICOID);
+const NUMERIC_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::NUMERICARRAYOID);
+
+type Payment = pgrx::composite_type!('static, "exactly.payments");
+
+/// Add `$2` to account `$1` and insert the entry, unless it is a withdrawal that would take
+/// the balance below `min_balance` (then nothing happens and no row comes back).
+const APPEND: &str = "WITH account AS (
+        UPDATE exactly.accounts SET balance = balance + $2, entries = entries + 1
+        WHERE account = $1 AND ($2 >= 0 OR min_balance IS NULL OR balance + $2 >= min_balance)
+        RETURNING balance)
+    INSERT INTO exactly.payments AS p (account, amount, running_balance, idempotency_key)
+    SELECT $1, $2, balance, $3 FROM account
+    RETURNING p";
+/// The same for many amounts: running balances are the opening balance plus the running sum,
+/// in array order; refused whole if any withdrawal would go below `min_balance`.
+const APPEND_MANY: &str = "WITH input AS (
+        SELECT amount, position, sum(amount) OVER (ORDER BY position) AS running
+        FROM unnest($2::numeric[]) WITH ORDINALITY AS a(amount, position)),
+    totals AS (
+        SELECT sum(amount) AS total, count(*) AS entries,
+               min(running) FILTER (WHERE amount < 0) AS lowest_after_withdrawal
+        FROM input),
+    account AS (
+        UPDATE exactly.accounts a SET balance = a.balance + t.total, entries = a.entries + t.entries
+        FROM totals t
+        WHERE a.account = $1 AND (t.lowest_after_withdrawal IS NULL OR a.min_balance IS NULL
+                                  OR a.balance + t.lowest_after_withdrawal >= a.min_balance)
+        RETURNING a.balance - t.total AS opening)
+    INSERT INTO exactly.payments AS p (account, amount, running_balance)
+    SELECT $1, i.amount, account.opening + i.running FROM input i, account ORDER BY i.position
+    RETURNING p";
+const ACCOUNT_LIMIT: &str = "SELECT balance, min_balance FROM exactly.accounts WHERE account = $1";
+const CREATE_ACCOUNT: &str =
+    "INSERT INTO exactly.accounts (account) VALUES ($1) ON CONFLICT (account) DO NOTHING";
+const BY_IDEMPOTENCY_KEY: &str =
+    "SELECT p, account, amount FROM exactly.payments p WHERE idempotency_key = $1";
+
+/// Append `amount` to the default account (the seed's single ledger).
+#[pg_extern(name = "append_payment", volatile, parallel_unsafe, requires = ["ledger_schema"])]
+fn append_payment_default(amount: Option<AnyNumeric>) -> pgrx::composite_type!('static, "exactly.payments") {
+    append(DEFAULT_ACCOUNT, required(amount, "amount"), None)
+}
+
+/// Append `amount` to `account`; returns the new entry with its running balance. With an
+/// idempotency key, a repeat returns the first entry and appends nothing.
+#[pg_extern(volatile, parallel_unsafe, requires = ["ledger_schema"])]
+fn append_payment(
+    account: Option<&str>,
+    amount: Option<AnyNumeric>,
+    idempotency_key: default!(Option<&str>, "NULL"),
+) -> pgrx::composite_type!('static, "exactly.payments") {
+    let account = required(account, "account");
+    check_account(account);
+    append(account, required(amount, "amount"), idempotency_key)
+}
+
+/// Append many amounts to `account` under one lock, in array order; returns the entries.
+#[pg_extern(volatile, parallel_unsafe, requires = ["ledger_schema"])]
+fn append_payments(
+    account: Option<&str>,
+    amounts: Option<Array<'_, AnyNumeric>>,
+) -> SetOfIterator<'static, pgrx::composite_type!('static, "exactly.payments")> {
+    let account = required(account, "account");
+    let amounts = required(amounts, "amounts");
+    check_account(account);
+    if amounts.is_empty() || amounts.len() > MAX_AMOUNTS_PER_CALL {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("amounts must hold 1 to {MAX_AMOUNTS_PER_CALL} amounts, not {}", amounts.len()),
+            "split larger batches into several calls",
+        );
+    }
+    for amount in amounts.iter() {
+        check_amount(amount.as_ref());
+    }
+    // SAFETY: the array's own datum, passed on as the statement's numeric[] argument.
+    let amounts = unsafe { pgrx::datum::DatumWithOid::new(amounts, pg_sys::NUMERICARRAYOID) };
+    lock_exclusive_in_order(LockSpace::Account, account);
+    let payments = Spi::connect_mut(|client| {
+        let run = |client: &mut SpiClient<'_>| {
+            let args = [account.into(), unsafe { clone_arg(&amounts) }];
+            let rows = spi_plans::run(client, APPEND_MANY, &[TEXT, NUMERIC_ARRAY], &args);
+            rows.map(|row| row.get::<Payment>(1).unwrap().unwrap()).collect::<Vec<_>>()
+        };
+        let payments = run(client);
+        if !payments.is_empty() {
+            return payments;
+        }
+        ensure_account_or_refuse(client, account, "this batch");
+        run(client)
+    });
+    SetOfIterator::new(payments)
+}
+
+/// A second handle on the same argument datum (DatumWithOid is not Clone).
+unsafe fn clone_arg<'a>(arg: &pgrx::datum::DatumWithOid<'a>) -> pgrx::datum::DatumWithOid<'a> {
+    pgrx::datum::DatumWithOid::new_from_datum(arg.datum(), arg.oid())
+}
+
+fn check_account(account: &str) {
+    if account.is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "account must not be an empty string",
+            "name the account, e.g. 'alice'",
+        );
+    }
+}
+
+/// Refuse NULL, NaN and infinite amounts: none of them can be added to a balance.
+fn check_amount(amount: Option<&AnyNumeric>) {
+    let Some(amount) = amount else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "amount must not be NULL",
+            "pass a number; use 0 for an entry that changes nothing",
+        )
+    };
+    if amount.is_nan() || amount.to_string().ends_with("Infinity") {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("amount must be a finite number, not {amount}"),
+            "a ledger adds amounts; NaN and Infinity cannot be added",
+        );
+    }
+}
+
+fn append(account: &str, amount: AnyNumeric, idempotency_key: Option<&str>) -> Payment {
+    check_amount(Some(&amount));
+    if let Some(key) = idempotency_key {
+        lock_exclusive_in_order(LockSpace::PaymentKey, key);
+    }
+    lock_exclusive_in_order(LockSpace::Account, account);
+    Spi::connect_mut(|client| {
+        if let Some(key) = idempotency_key {
+            if let Some(first) = replay(client, key, account, &amount) {
+                return first;
+            }
+        }
+        let run = |client: &mut SpiClient<'_>| {
+            let args = [account.into(), amount.clone().into(), idempotency_key.into()];
+            let rows = spi_plans::run(client, APPEND, &[TEXT, NUMERIC, TEXT], &args);
+            (!rows.is_empty()).then(|| rows.first().get_one::<Payment>().unwrap().unwrap())
+        };
+        if let Some(payment) = run(client) {
+            return payment;
+        }
+        ensure_account_or_refuse(client, account, &format!("a payment of {amount}"));
+        run(client).expect("the account exists and the limit allows the payment")
+    })
+}
+
+/// The entry an earlier call appended with `key`, if any; an error if that call had other
+/// arguments. We hold the key's lock, so no other call with this key is in flight.
+fn replay(client: &mut SpiClient<'_>, key: &str, account: &str, amount: &AnyNumeric) -> Option<Payment> {
+    let rows = spi_plans::run(client, BY_IDEMPOTENCY_KEY, &[TEXT], &[key.into()]);
+    if rows.is_empty() {
+        return None;
+    }
+    let row = rows.first();
+    let (first_account, first_amount) =
+        (row.get::<String>(2).unwrap().unwrap(), row.get::<AnyNumeric>(3).unwrap().unwrap());
+    if first_account != account || &first_amount != amount {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "idempotency key \"{key}\" was first used for {first_amount} to account \"{first_account}\", \
+                 not {amount} to account \"{account}\""
+            ),
+            "an idempotency key names one payment: give a different payment its own key",
+        );
+    }
+    Some(row.get::<Payment>(1).unwrap().unwrap())
+}
+
+/// Called when an append changed nothing: either the account does not exist yet (create it;
+/// we hold its lock) or the append would take it below its min_balance (refuse).
+fn ensure_account_or_refuse(client: &mut SpiClient<'_>, account: &str, what: &str) {
+    let rows = spi_plans::run(client, ACCOUNT_LIMIT, &[TEXT], &[account.into()]);
+    if rows.is_empty() {
+        spi_plans::run(client, CREATE_ACCOUNT, &[TEXT], &[account.into()]);
+        return;
+    }
+    let (balance, min_balance) = rows.first().get_two::<AnyNumeric, AnyNumeric>().unwrap();
+    raise(
+        PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
+        format!(
+            "{what} would take account \"{account}\" below its min_balance {}: its balance is {}",
+            min_balance.map(|m| m.to_string()).unwrap_or_default(),
+            balance.map(|b| b.to_string()).unwrap_or_default()
+        ),
+        "the payment was not appended; the transaction can go on (catch the error in a savepoint)",
+    );
+}
+
+const TABLE_BALANCE: &str = "UPDATE exactly.table_balances SET balance = balance + $3, entries = entries + 1 \
+     WHERE rel = $1::regclass AND account = $2 RETURNING balance";
+const CREATE_TABLE_BALANCE: &str = "INSERT INTO exactly.table_balances (rel, account) \
+     VALUES ($1::regclass, $2) ON CONFLICT (rel, account) DO NOTHING";
+/// The table's one-column primary key and a fresh value from its sequence (NULL without one).
+const REDRAW_KEY: &str = "SELECT a.attnum::int, nextval(pg_get_serial_sequence($1::regclass::text, a.attname))
+     FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+     WHERE i.indrelid = $1 AND i.indisprimary AND i.indnatts = 1";
+
+/// `BEFORE INSERT OR UPDATE OR DELETE ... FOR EACH ROW EXECUTE FUNCTION
+/// exactly.maintain_running_balance('amount_column', 'running_balance_column'[, 'account_column'])`:
+/// fills the running balance of each inserted row from the previous row of its account, and
+/// refuses to change or delete those columns. A serial or identity key is drawn again under
+/// the account's lock, so the key order is the ledger order.
+#[pg_trigger]
+fn maintain_running_balance<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, pgrx::datum::TryFromDatumError> {
+    const USAGE: &str = "use: CREATE TRIGGER ... BEFORE INSERT OR UPDATE OR DELETE ON your_table FOR EACH ROW \
+         EXECUTE FUNCTION exactly.maintain_running_balance('amount_column', 'running_balance_column'[, 'account_column'])";
+    let event = trigger.event();
+    let tgtype = trigger.trigger().tgtype as u32;
+    let all_events = pg_sys::TRIGGER_TYPE_INSERT | pg_sys::TRIGGER_TYPE_UPDATE | pg_sys::TRIGGER_TYPE_DELETE;
+    if !(event.fired_before() && event.fired_for_row()) || tgtype & all_events != all_events {
+        raise(
+            PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            "exactly.maintain_running_balance() must be fired BEFORE INSERT OR UPDATE OR DELETE FOR EACH ROW",
+            USAGE,
+        );
+    }
+    let args = trigger.extra_args().unwrap();
+    if !(2..=3).contains(&args.len()) {
+        raise(
+            PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            format!("exactly.maintain_running_balance() takes 2 or 3 arguments, not {}", args.len()),
+            USAGE,
+        );
+    }
+    let (amount_column, balance_column) = (args[0].as_str(), args[1].as_str());
+    let (amount_attno, amount_type, _) = column(trigger, amount_column, USAGE);
+    let (balance_attno, balance_type, _) = column(trigger, balance_column, USAGE);
+    let account = args.get(2).map(|name| (name.as_str(), column(trigger, name, USAGE).0));
+    if amount_type != pg_sys::NUMERICOID || balance_type != pg_sys::NUMERICOID {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            format!("columns \"{amount_column}\" and \"{balance_column}\" must be numeric"),
+            "running balances are kept in numeric columns",
+        );
+    }
+    let data = trigger.trigger_data();
+    let guarded = [Some(amount_attno), Some(balance_attno), account.map(|(_, attno)| attno)];
+    if event.fired_by_delete() {
+        refuse_change(trigger, "deleted");
+    }
+    if event.fired_by_update() {
+        let changed = guarded.iter().flatten().any(|&attno| {
+            column_as_text(trigger, data.tg_trigtuple, attno) != column_as_text(trigger, data.tg_newtuple, attno)
+        });
+        if changed {
+            refuse_change(trigger, "changed");
+        }
+        return Ok(Some(trigger.new().unwrap().into_owned()));
+    }
+
+    let mut row = trigger.new().expect("a BEFORE INSERT row trigger has a new row").into_owned();
+    let amount = row.get_by_index::<AnyNumeric>(amount_attno)?;
+    check_amount(amount.as_ref());
+    let account_name = match account {
+        Some((name, attno)) => column_as_text(trigger, data.tg_trigtuple, attno).unwrap_or_else(|| {
+            raise(
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                format!("account column \"{name}\" is NULL"),
+                "every entry belongs to an account",
+            )
+        }),
+        None => String::new(),
+    };
+    let rel = trigger.relid().unwrap();
+    lock_exclusive_in_order(LockSpace::TableAccount, &format!("{}/{account_name}", rel.to_u32()));
+    // The row is changed only after SPI is done: memory SPI hands out dies with it.
+    let (redrawn_key, balance) = Spi::connect_mut(|client| {
+        let rows = spi_plans::run(client, REDRAW_KEY, &[OID], &[rel.into()]);
+        let redrawn_key = match rows.is_empty() {
+            true => None,
+            false => match rows.first().get_two::<i32, i64>().unwrap() {
+                (Some(attno), Some(key)) => Some((attno as usize, key)),
+                _ => None,
+            },
+        };
+        let args = [rel.into(), account_name.as_str().into(), amount.clone().into()];
+        let new_balance = |client: &mut SpiClient<'_>| {
+            let rows = spi_plans::run(client, TABLE_BALANCE, &[OID, TEXT, NUMERIC], &args);
+            (!rows.is_empty()).then(|| rows.first().get_one::<AnyNumeric>().unwrap().unwrap())
+        };
+        let balance = new_balance(client).unwrap_or_else(|| {
+            let args = [rel.into(), account_name.as_str().into()];
+            spi_plans::run(client, CREATE_TABLE_BALANCE, &[OID, TEXT], &args);
+            new_balance(client).expect("the ledger's balance row exists: we created it under its lock")
+        });
+        (redrawn_key, balance)
+    });
+    if let Some((attno, key)) = redrawn_key {
+        set_key(trigger, &mut row, attno, key)?;
+    }
+    row.set_by_index(balance_attno, balance)?;
+    Ok(Some(row))
+}
+
+const OID: PgOid = PgOid::BuiltIn(PgBuiltInOids::OIDOID);
+
+/// Put `key`, drawn under the account lock, in the row's primary-key column (int2/4/8).
+fn set_key(
+    trigger: &PgTrigger,
+    row: &mut PgHeapTuple<'_, pgrx::AllocatedByRust>,
+    attno: usize,
+    key: i64,
+) -> Result<(), pgrx::datum::TryFromDatumError> {
+    let attno = std::num::NonZeroUsize::new(attno).unwrap();
+    // SAFETY: the relation's descriptor, as in trigger_rows.
+    let key_type = unsafe {
+        let tupdesc = (*trigger.trigger_data().tg_relation).rd_att;
+        (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)[attno.get() - 1].atttypid
+    };
+    match key_type {
+        pg_sys::INT8OID => row.set_by_index(attno, key),
+        pg_sys::INT4OID => row.set_by_index(attno, key as i32),
+        pg_sys::INT2OID => row.set_by_index(attno, key as i16),
+        _ => Ok(()), // not an integer key: nothing to redraw
+    }
+}
+
+fn refuse_change(trigger: &PgTrigger, what: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_RESTRICT_VIOLATION,
+        format!(
+            "entries of \"{}\" are append-only: a ledger entry cannot be {what}",
+            trigger.table_name().unwrap()
+        ),
+        "append a reversing entry (the negated amount) instead",
+    )
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn text(sql: &str) -> String {
+        Spi::get_one::<String>(sql).unwrap().unwrap()
+    }
+
+    #[pg_test]
+    fn appends_carry_the_running_balance() {
+        assert_eq!(text("SELECT running_balance::text FROM exactly.append_payment(100)"), "100");
+        assert_eq!(text("SELECT running_balance::text FROM exactly.append_payment(-30.5)"), "69.5");
+        assert_eq!(text("SELECT account || ' ' || balance || ' ' || entries FROM exactly.accounts"), "default 69.5 2");
+    }
+
+    #[pg_test]
+    fn append_payments_appends_in_array_order_under_one_lock() {
+        Spi::run("SELECT exactly.append_payment('a', 10)").unwrap();
+        assert_eq!(
+            text("SELECT string_agg(amount || '=>' || trim_scale(running_balance), ' ' ORDER BY id) FROM exactly.append_payments('a', '{5,-3,1.25}')"),
+            "5=>15 -3=>12 1.25=>13.25"
+        );
+        assert_eq!(text("SELECT balance::text FROM exactly.accounts WHERE account = 'a'"), "13.25");
+    }
+
+    #[pg_test(error = "this batch would take account \"w\" below its min_balance 0: its balance is 10")]
+    fn a_batch_dipping_below_min_balance_is_refused_whole() {
+        Spi::run("INSERT INTO exactly.accounts (account, min_balance) VALUES ('w', 0)").unwrap();
+        Spi::run("SELECT exactly.append_payment('w', 10)").unwrap();
+        Spi::run("SELECT exactly.append_payments('w', '{-8,-4,100}')").unwrap();
+    }
+
+    #[pg_test]
+    fn a_deposit_to_an_account_below_its_minimum_is_allowed() {
+        Spi::run("SELECT exactly.append_payment('d', -5)").unwrap();
+        Spi::run("UPDATE exactly.accounts SET min_balance = 0 WHERE account = 'd'").unwrap();
+        assert_eq!(text("SELECT running_balance::text FROM exactly.append_payment('d', 1)"), "-4");
+    }
+
+    #[pg_test]
+    fn an_idempotency_key_replays_the_first_entry() {
+        let first = text("SELECT id::text FROM exactly.append_payment('k', 7, 'pay-1')");
+        let again = text("SELECT id::text FROM exactly.append_payment('k', 7.0, 'pay-1')");
+        assert_eq!(first, again);
+        assert_eq!(text("SELECT count(*)::text FROM exactly.payments"), "1");
+    }
+
+    #[pg_test(error = "idempotency key \"pay-1\" was first used for 7 to account \"k\", not 8 to account \"k\"")]
+    fn an_idempotency_key_with_another_amount_is_refused() {
+        Spi::run("SELECT exactly.append_payment('k', 7, 'pay-1')").unwrap();
+        Spi::run("SELECT exactly.append_payment('k', 8, 'pay-1')").unwrap();
+    }
+
+    #[pg_test(error = "exactly.maintain_running_balance() must be fired BEFORE INSERT OR UPDATE OR DELETE FOR EACH ROW")]
+    fn the_trigger_insists_on_guarding_updates_and_deletes() {
+        Spi::run(
+            "CREATE TABLE l (id serial PRIMARY KEY, amount numeric, balance numeric);
+             CREATE TRIGGER rb BEFORE INSERT ON l FOR EACH ROW
+               EXECUTE FUNCTION exactly.maintain_running_balance('amount', 'balance');
+             INSERT INTO l (amount) VALUES (1);",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn the_trigger_keeps_one_ledger_per_table_without_an_account_column() {
+        Spi::run(
+            "CREATE TABLE l (id serial PRIMARY KEY, amount numeric, balance numeric);
+             CREATE TRIGGER rb BEFORE INSERT OR UPDATE OR DELETE ON l FOR EACH ROW
+               EXECUTE FUNCTION exactly.maintain_running_balance('amount', 'balance');
+             INSERT INTO l (amount) VALUES (1), (2.5), (-0.5);",
+        )
+        .unwrap();
+        assert_eq!(text("SELECT string_agg(balance::text, ' ' ORDER BY id) FROM l"), "1 3.5 3.0");
+    }
+}
