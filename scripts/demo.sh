@@ -49,6 +49,21 @@ psql_quiet -d tickets -f demo/tickets_jobs.sql
 pgbench -n -c 16 -j 2 -t 13 -f demo/tickets.pgbench tickets >/dev/null
 psql_quiet -d tickets -f demo/tickets_proof.sql
 
+echo
+echo "== seed 004: payments with a running balance, recorded by 32 background jobs at once,"
+echo "   20 payments each (pgbench)"
+echo
+psql_quiet -c "CREATE DATABASE naive_ledger" -c "CREATE DATABASE ledger"
+echo "-- the seed's first attempt: read the last payment's running balance, add, insert"
+psql_quiet -d naive_ledger -f demo/ledger_naive.sql
+pgbench -n -c 32 -j 2 -t 20 -f demo/ledger_naive.pgbench naive_ledger >/dev/null
+psql_quiet -d naive_ledger -v payments=naive_payments -f demo/ledger_proof.sql
+echo "-- pg_exactly: exactly.append_payment(amount)"
+psql_quiet -d ledger -c "CREATE EXTENSION pg_exactly"
+pgbench -n -c 32 -j 2 -t 20 -f demo/ledger.pgbench ledger >/dev/null
+psql_quiet -d ledger -v payments=exactly.payments -f demo/ledger_proof.sql
+psql_quiet -d ledger -c "SELECT * FROM exactly.verify_ledger()"
+
 if [ "${KEEP_CLUSTER:-}" = 1 ]; then
     echo "The cluster is still running. Connect with:"
     echo "    psql -h $CLUSTER_DIR -U postgres exactly"

@@ -22,10 +22,13 @@ CREATE TABLE exactly.payments (
     amount          numeric NOT NULL,
     -- the account's balance after this entry, in id order
     running_balance numeric NOT NULL,
-    idempotency_key text UNIQUE,
+    idempotency_key text,
     created_at      timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX payments_account_id_idx ON exactly.payments (account, id);
+-- partial: entries without a key (most) cost no index insert here
+CREATE UNIQUE INDEX payments_idempotency_key_idx ON exactly.payments (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 COMMENT ON TABLE exactly.payments IS
     'pg_exactly: ledger entries, append-only; per account in id order, running_balance = previous running_balance + amount';
 

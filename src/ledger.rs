@@ -29,15 +29,16 @@ const NUMERIC_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::NUMERICARRAYOID);
 
 type Payment = pgrx::composite_type!('static, "exactly.payments");
 
-/// Add `$2` to account `$1` and insert the entry, unless it is a withdrawal that would take
-/// the balance below `min_balance` (then nothing happens and no row comes back).
-const APPEND: &str = "WITH account AS (
-        UPDATE exactly.accounts SET balance = balance + $2, entries = entries + 1
-        WHERE account = $1 AND ($2 >= 0 OR min_balance IS NULL OR balance + $2 >= min_balance)
-        RETURNING balance)
-    INSERT INTO exactly.payments AS p (account, amount, running_balance, idempotency_key)
-    SELECT $1, $2, balance, $3 FROM account
-    RETURNING p";
+/// Add `$2` to account `$1`, unless it is a withdrawal that would take the balance below
+/// `min_balance` (then nothing happens and no row comes back). Two plain statements, like
+/// the reference: measured, one statement with a data-modifying CTE cost more CPU per call.
+const ADD_TO_ACCOUNT: &str =
+    "UPDATE exactly.accounts SET balance = balance + $2, entries = entries + 1
+    WHERE account = $1 AND ($2 >= 0 OR min_balance IS NULL OR balance + $2 >= min_balance)
+    RETURNING balance";
+const INSERT_ENTRY: &str =
+    "INSERT INTO exactly.payments AS p (account, amount, running_balance, idempotency_key)
+    VALUES ($1, $2, $3, $4) RETURNING p";
 /// The same for many amounts: running balances are the opening balance plus the running sum,
 /// in array order; refused whole if any withdrawal would go below `min_balance`.
 const APPEND_MANY: &str = "WITH input AS (
@@ -64,7 +65,9 @@ const BY_IDEMPOTENCY_KEY: &str =
 
 /// Append `amount` to the default account (the seed's single ledger).
 #[pg_extern(name = "append_payment", volatile, parallel_unsafe, requires = ["ledger_schema"])]
-fn append_payment_default(amount: Option<AnyNumeric>) -> pgrx::composite_type!('static, "exactly.payments") {
+fn append_payment_default(
+    amount: Option<AnyNumeric>,
+) -> pgrx::composite_type!('static, "exactly.payments") {
     append(DEFAULT_ACCOUNT, required(amount, "amount"), None)
 }
 
@@ -93,7 +96,10 @@ fn append_payments(
     if amounts.is_empty() || amounts.len() > MAX_AMOUNTS_PER_CALL {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("amounts must hold 1 to {MAX_AMOUNTS_PER_CALL} amounts, not {}", amounts.len()),
+            format!(
+                "amounts must hold 1 to {MAX_AMOUNTS_PER_CALL} amounts, not {}",
+                amounts.len()
+            ),
             "split larger batches into several calls",
         );
     }
@@ -107,7 +113,8 @@ fn append_payments(
         let run = |client: &mut SpiClient<'_>| {
             let args = [account.into(), unsafe { clone_arg(&amounts) }];
             let rows = spi_plans::run(client, APPEND_MANY, &[TEXT, NUMERIC_ARRAY], &args);
-            rows.map(|row| row.get::<Payment>(1).unwrap().unwrap()).collect::<Vec<_>>()
+            rows.map(|row| row.get::<Payment>(1).unwrap().unwrap())
+                .collect::<Vec<_>>()
         };
         let payments = run(client);
         if !payments.is_empty() {
@@ -143,7 +150,12 @@ fn check_amount(amount: Option<&AnyNumeric>) {
             "pass a number; use 0 for an entry that changes nothing",
         )
     };
-    if amount.is_nan() || amount.to_string().ends_with("Infinity") {
+    // SAFETY: a numeric datum of our own copy of the amount, alive for the call.
+    let infinite = unsafe {
+        let datum = amount.clone().into_datum().unwrap();
+        pg_sys::numeric_is_inf(datum.cast_mut_ptr())
+    };
+    if amount.is_nan() || infinite {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("amount must be a finite number, not {amount}"),
@@ -164,29 +176,50 @@ fn append(account: &str, amount: AnyNumeric, idempotency_key: Option<&str>) -> P
                 return first;
             }
         }
-        let run = |client: &mut SpiClient<'_>| {
-            let args = [account.into(), amount.clone().into(), idempotency_key.into()];
-            let rows = spi_plans::run(client, APPEND, &[TEXT, NUMERIC, TEXT], &args);
-            (!rows.is_empty()).then(|| rows.first().get_one::<Payment>().unwrap().unwrap())
+        let add = |client: &mut SpiClient<'_>| {
+            let rows = spi_plans::run(
+                client,
+                ADD_TO_ACCOUNT,
+                &[TEXT, NUMERIC],
+                &[account.into(), amount.clone().into()],
+            );
+            (!rows.is_empty()).then(|| rows.first().get_one::<AnyNumeric>().unwrap().unwrap())
         };
-        if let Some(payment) = run(client) {
-            return payment;
-        }
-        ensure_account_or_refuse(client, account, &format!("a payment of {amount}"));
-        run(client).expect("the account exists and the limit allows the payment")
+        let balance = match add(client) {
+            Some(balance) => balance,
+            None => {
+                ensure_account_or_refuse(client, account, &format!("a payment of {amount}"));
+                add(client).expect("the account exists and the limit allows the payment")
+            }
+        };
+        let args = [
+            account.into(),
+            amount.clone().into(),
+            balance.into(),
+            idempotency_key.into(),
+        ];
+        let rows = spi_plans::run(client, INSERT_ENTRY, &[TEXT, NUMERIC, NUMERIC, TEXT], &args);
+        rows.first().get_one::<Payment>().unwrap().unwrap()
     })
 }
 
 /// The entry an earlier call appended with `key`, if any; an error if that call had other
 /// arguments. We hold the key's lock, so no other call with this key is in flight.
-fn replay(client: &mut SpiClient<'_>, key: &str, account: &str, amount: &AnyNumeric) -> Option<Payment> {
+fn replay(
+    client: &mut SpiClient<'_>,
+    key: &str,
+    account: &str,
+    amount: &AnyNumeric,
+) -> Option<Payment> {
     let rows = spi_plans::run(client, BY_IDEMPOTENCY_KEY, &[TEXT], &[key.into()]);
     if rows.is_empty() {
         return None;
     }
     let row = rows.first();
-    let (first_account, first_amount) =
-        (row.get::<String>(2).unwrap().unwrap(), row.get::<AnyNumeric>(3).unwrap().unwrap());
+    let (first_account, first_amount) = (
+        row.get::<String>(2).unwrap().unwrap(),
+        row.get::<AnyNumeric>(3).unwrap().unwrap(),
+    );
     if first_account != account || &first_amount != amount {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -220,12 +253,14 @@ fn ensure_account_or_refuse(client: &mut SpiClient<'_>, account: &str, what: &st
     );
 }
 
-const TABLE_BALANCE: &str = "UPDATE exactly.table_balances SET balance = balance + $3, entries = entries + 1 \
+const TABLE_BALANCE: &str =
+    "UPDATE exactly.table_balances SET balance = balance + $3, entries = entries + 1 \
      WHERE rel = $1::regclass AND account = $2 RETURNING balance";
 const CREATE_TABLE_BALANCE: &str = "INSERT INTO exactly.table_balances (rel, account) \
      VALUES ($1::regclass, $2) ON CONFLICT (rel, account) DO NOTHING";
 /// The table's one-column primary key and a fresh value from its sequence (NULL without one).
-const REDRAW_KEY: &str = "SELECT a.attnum::int, nextval(pg_get_serial_sequence($1::regclass::text, a.attname))
+const REDRAW_KEY: &str =
+    "SELECT a.attnum::int, nextval(pg_get_serial_sequence($1::regclass::text, a.attname))
      FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
      WHERE i.indrelid = $1 AND i.indisprimary AND i.indnatts = 1";
 
@@ -242,7 +277,8 @@ fn maintain_running_balance<'a>(
          EXECUTE FUNCTION exactly.maintain_running_balance('amount_column', 'running_balance_column'[, 'account_column'])";
     let event = trigger.event();
     let tgtype = trigger.trigger().tgtype as u32;
-    let all_events = pg_sys::TRIGGER_TYPE_INSERT | pg_sys::TRIGGER_TYPE_UPDATE | pg_sys::TRIGGER_TYPE_DELETE;
+    let all_events =
+        pg_sys::TRIGGER_TYPE_INSERT | pg_sys::TRIGGER_TYPE_UPDATE | pg_sys::TRIGGER_TYPE_DELETE;
     if !(event.fired_before() && event.fired_for_row()) || tgtype & all_events != all_events {
         raise(
             PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
@@ -254,14 +290,19 @@ fn maintain_running_balance<'a>(
     if !(2..=3).contains(&args.len()) {
         raise(
             PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-            format!("exactly.maintain_running_balance() takes 2 or 3 arguments, not {}", args.len()),
+            format!(
+                "exactly.maintain_running_balance() takes 2 or 3 arguments, not {}",
+                args.len()
+            ),
             USAGE,
         );
     }
     let (amount_column, balance_column) = (args[0].as_str(), args[1].as_str());
     let (amount_attno, amount_type, _) = column(trigger, amount_column, USAGE);
     let (balance_attno, balance_type, _) = column(trigger, balance_column, USAGE);
-    let account = args.get(2).map(|name| (name.as_str(), column(trigger, name, USAGE).0));
+    let account = args
+        .get(2)
+        .map(|name| (name.as_str(), column(trigger, name, USAGE).0));
     if amount_type != pg_sys::NUMERICOID || balance_type != pg_sys::NUMERICOID {
         raise(
             PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
@@ -270,13 +311,18 @@ fn maintain_running_balance<'a>(
         );
     }
     let data = trigger.trigger_data();
-    let guarded = [Some(amount_attno), Some(balance_attno), account.map(|(_, attno)| attno)];
+    let guarded = [
+        Some(amount_attno),
+        Some(balance_attno),
+        account.map(|(_, attno)| attno),
+    ];
     if event.fired_by_delete() {
         refuse_change(trigger, "deleted");
     }
     if event.fired_by_update() {
         let changed = guarded.iter().flatten().any(|&attno| {
-            column_as_text(trigger, data.tg_trigtuple, attno) != column_as_text(trigger, data.tg_newtuple, attno)
+            column_as_text(trigger, data.tg_trigtuple, attno)
+                != column_as_text(trigger, data.tg_newtuple, attno)
         });
         if changed {
             refuse_change(trigger, "changed");
@@ -284,21 +330,29 @@ fn maintain_running_balance<'a>(
         return Ok(Some(trigger.new().unwrap().into_owned()));
     }
 
-    let mut row = trigger.new().expect("a BEFORE INSERT row trigger has a new row").into_owned();
+    let mut row = trigger
+        .new()
+        .expect("a BEFORE INSERT row trigger has a new row")
+        .into_owned();
     let amount = row.get_by_index::<AnyNumeric>(amount_attno)?;
     check_amount(amount.as_ref());
     let account_name = match account {
-        Some((name, attno)) => column_as_text(trigger, data.tg_trigtuple, attno).unwrap_or_else(|| {
-            raise(
-                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-                format!("account column \"{name}\" is NULL"),
-                "every entry belongs to an account",
-            )
-        }),
+        Some((name, attno)) => {
+            column_as_text(trigger, data.tg_trigtuple, attno).unwrap_or_else(|| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                    format!("account column \"{name}\" is NULL"),
+                    "every entry belongs to an account",
+                )
+            })
+        }
         None => String::new(),
     };
     let rel = trigger.relid().unwrap();
-    lock_exclusive_in_order(LockSpace::TableAccount, &format!("{}/{account_name}", rel.to_u32()));
+    lock_exclusive_in_order(
+        LockSpace::TableAccount,
+        &format!("{}/{account_name}", rel.to_u32()),
+    );
     // The row is changed only after SPI is done: memory SPI hands out dies with it.
     let (redrawn_key, balance) = Spi::connect_mut(|client| {
         let rows = spi_plans::run(client, REDRAW_KEY, &[OID], &[rel.into()]);
@@ -309,7 +363,11 @@ fn maintain_running_balance<'a>(
                 _ => None,
             },
         };
-        let args = [rel.into(), account_name.as_str().into(), amount.clone().into()];
+        let args = [
+            rel.into(),
+            account_name.as_str().into(),
+            amount.clone().into(),
+        ];
         let new_balance = |client: &mut SpiClient<'_>| {
             let rows = spi_plans::run(client, TABLE_BALANCE, &[OID, TEXT, NUMERIC], &args);
             (!rows.is_empty()).then(|| rows.first().get_one::<AnyNumeric>().unwrap().unwrap())
@@ -317,7 +375,8 @@ fn maintain_running_balance<'a>(
         let balance = new_balance(client).unwrap_or_else(|| {
             let args = [rel.into(), account_name.as_str().into()];
             spi_plans::run(client, CREATE_TABLE_BALANCE, &[OID, TEXT], &args);
-            new_balance(client).expect("the ledger's balance row exists: we created it under its lock")
+            new_balance(client)
+                .expect("the ledger's balance row exists: we created it under its lock")
         });
         (redrawn_key, balance)
     });
@@ -373,9 +432,18 @@ mod tests {
 
     #[pg_test]
     fn appends_carry_the_running_balance() {
-        assert_eq!(text("SELECT running_balance::text FROM exactly.append_payment(100)"), "100");
-        assert_eq!(text("SELECT running_balance::text FROM exactly.append_payment(-30.5)"), "69.5");
-        assert_eq!(text("SELECT account || ' ' || balance || ' ' || entries FROM exactly.accounts"), "default 69.5 2");
+        assert_eq!(
+            text("SELECT running_balance::text FROM exactly.append_payment(100)"),
+            "100"
+        );
+        assert_eq!(
+            text("SELECT running_balance::text FROM exactly.append_payment(-30.5)"),
+            "69.5"
+        );
+        assert_eq!(
+            text("SELECT account || ' ' || balance || ' ' || entries FROM exactly.accounts"),
+            "default 69.5 2"
+        );
     }
 
     #[pg_test]
@@ -385,10 +453,15 @@ mod tests {
             text("SELECT string_agg(amount || '=>' || trim_scale(running_balance), ' ' ORDER BY id) FROM exactly.append_payments('a', '{5,-3,1.25}')"),
             "5=>15 -3=>12 1.25=>13.25"
         );
-        assert_eq!(text("SELECT balance::text FROM exactly.accounts WHERE account = 'a'"), "13.25");
+        assert_eq!(
+            text("SELECT balance::text FROM exactly.accounts WHERE account = 'a'"),
+            "13.25"
+        );
     }
 
-    #[pg_test(error = "this batch would take account \"w\" below its min_balance 0: its balance is 10")]
+    #[pg_test(
+        error = "this batch would take account \"w\" below its min_balance 0: its balance is 10"
+    )]
     fn a_batch_dipping_below_min_balance_is_refused_whole() {
         Spi::run("INSERT INTO exactly.accounts (account, min_balance) VALUES ('w', 0)").unwrap();
         Spi::run("SELECT exactly.append_payment('w', 10)").unwrap();
@@ -399,7 +472,10 @@ mod tests {
     fn a_deposit_to_an_account_below_its_minimum_is_allowed() {
         Spi::run("SELECT exactly.append_payment('d', -5)").unwrap();
         Spi::run("UPDATE exactly.accounts SET min_balance = 0 WHERE account = 'd'").unwrap();
-        assert_eq!(text("SELECT running_balance::text FROM exactly.append_payment('d', 1)"), "-4");
+        assert_eq!(
+            text("SELECT running_balance::text FROM exactly.append_payment('d', 1)"),
+            "-4"
+        );
     }
 
     #[pg_test]
@@ -410,13 +486,17 @@ mod tests {
         assert_eq!(text("SELECT count(*)::text FROM exactly.payments"), "1");
     }
 
-    #[pg_test(error = "idempotency key \"pay-1\" was first used for 7 to account \"k\", not 8 to account \"k\"")]
+    #[pg_test(
+        error = "idempotency key \"pay-1\" was first used for 7 to account \"k\", not 8 to account \"k\""
+    )]
     fn an_idempotency_key_with_another_amount_is_refused() {
         Spi::run("SELECT exactly.append_payment('k', 7, 'pay-1')").unwrap();
         Spi::run("SELECT exactly.append_payment('k', 8, 'pay-1')").unwrap();
     }
 
-    #[pg_test(error = "exactly.maintain_running_balance() must be fired BEFORE INSERT OR UPDATE OR DELETE FOR EACH ROW")]
+    #[pg_test(
+        error = "exactly.maintain_running_balance() must be fired BEFORE INSERT OR UPDATE OR DELETE FOR EACH ROW"
+    )]
     fn the_trigger_insists_on_guarding_updates_and_deletes() {
         Spi::run(
             "CREATE TABLE l (id serial PRIMARY KEY, amount numeric, balance numeric);
@@ -436,6 +516,9 @@ mod tests {
              INSERT INTO l (amount) VALUES (1), (2.5), (-0.5);",
         )
         .unwrap();
-        assert_eq!(text("SELECT string_agg(balance::text, ' ' ORDER BY id) FROM l"), "1 3.5 3.0");
+        assert_eq!(
+            text("SELECT string_agg(balance::text, ' ' ORDER BY id) FROM l"),
+            "1 3.5 3.0"
+        );
     }
 }

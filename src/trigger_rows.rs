@@ -20,26 +20,44 @@ pub fn column(trigger: &PgTrigger, name: &str, usage: &str) -> (NonZeroUsize, pg
         .iter()
         .enumerate()
         .find(|(_, att)| !att.attisdropped && att.name() == name)
-        .map(|(i, att)| (NonZeroUsize::new(i + 1).unwrap(), att.atttypid, att.atttypmod))
+        .map(|(i, att)| {
+            (
+                NonZeroUsize::new(i + 1).unwrap(),
+                att.atttypid,
+                att.atttypmod,
+            )
+        })
         .unwrap_or_else(|| {
             raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                format!("column \"{name}\" of table \"{}\" does not exist", trigger.table_name().unwrap()),
+                format!(
+                    "column \"{name}\" of table \"{}\" does not exist",
+                    trigger.table_name().unwrap()
+                ),
                 usage,
             )
         })
 }
 
 /// `tuple`'s value in column `attno` as text (its type's output function), None when NULL.
-pub fn column_as_text(trigger: &PgTrigger, tuple: *mut pg_sys::HeapTupleData, attno: NonZeroUsize) -> Option<String> {
+pub fn column_as_text(
+    trigger: &PgTrigger,
+    tuple: *mut pg_sys::HeapTupleData,
+    attno: NonZeroUsize,
+) -> Option<String> {
     // SAFETY: `tuple` is one of the trigger's rows, described by the relation's descriptor.
     unsafe {
         let tupdesc = (*trigger.trigger_data().tg_relation).rd_att;
         let datum = pgrx::heap_getattr_raw(tuple, attno, tupdesc)?;
-        let type_oid = (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)[attno.get() - 1].atttypid;
+        let type_oid =
+            (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)[attno.get() - 1].atttypid;
         let (mut output, mut varlena) = (pg_sys::InvalidOid, false);
         pg_sys::getTypeOutputInfo(type_oid, &mut output, &mut varlena);
         let text = pg_sys::OidOutputFunctionCall(output, datum);
-        Some(std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned())
+        Some(
+            std::ffi::CStr::from_ptr(text)
+                .to_string_lossy()
+                .into_owned(),
+        )
     }
 }

@@ -60,7 +60,8 @@ pub fn lock_exclusive_in_order(space: LockSpace, name: &str) {
     });
     if after_all_held {
         acquire(space, name, false);
-        HIGHEST_IN_ORDER.with(|highest| *highest.borrow_mut() = Some((xact, space, name.to_string())));
+        HIGHEST_IN_ORDER
+            .with(|highest| *highest.borrow_mut() = Some((xact, space, name.to_string())));
     } else if !acquire(space, name, true) {
         raise(
             PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
@@ -87,7 +88,12 @@ fn acquire(space: LockSpace, name: &str, no_wait: bool) -> bool {
     };
     // SAFETY: a well-formed tag; an error (deadlock, cancel) longjmps out as an ERROR.
     let result = unsafe {
-        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, no_wait)
+        pg_sys::LockAcquire(
+            &tag,
+            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+            false,
+            no_wait,
+        )
     };
     result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
 }
