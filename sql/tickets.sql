@@ -8,7 +8,7 @@ CREATE TABLE exactly.raffles (
     -- upper-case hex characters per code; 12 gives 16^12 = 2.8e14 possible codes
     code_length       int NOT NULL DEFAULT 12 CHECK (code_length BETWEEN 4 AND 32),
     created_at        timestamptz NOT NULL DEFAULT now()
-);
+) WITH (fillfactor = 50);
 COMMENT ON TABLE exactly.raffles IS
     'pg_exactly: raffles; tickets_created counts the rows in exactly.tickets made by batch_create_tickets';
 
