@@ -42,6 +42,11 @@ def pgbench(script, options):
     return float(re.search(r"tps = ([\d.]+)", out).group(1))
 
 
+def rate(x):
+    """A rate for people: whole numbers from 100 on, 4 significant digits below."""
+    return f"{x:.0f}" if x >= 100 else f"{x:.4g}"
+
+
 def cpu_model():
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -78,7 +83,7 @@ def main():
                 else:
                     f = pgbench(reference, options); o = pgbench(ours, options)
                 ours_tps.append(o); ref_tps.append(f); ratios.append(o / f)
-                print(f"{case} clients={c} round={r + 1}: ours {o:.4g}/s reference {f:.4g}/s ratio {o / f:.2f}",
+                print(f"{case} clients={c} round={r + 1}: ours {rate(o)}/s reference {rate(f)}/s ratio {o / f:.2f}",
                       file=sys.stderr, flush=True)
             rows.append((case, c, statistics.median(ours_tps), statistics.median(ref_tps),
                          statistics.median(ratios), ratios))
@@ -93,7 +98,7 @@ def main():
     print("| case | clients | ours (calls/s, median) | reference (calls/s, median) | ratio | per-round ratios |")
     print("|---|---:|---:|---:|---:|---|")
     for case, c, o, f, ratio, ratios in rows:
-        print(f"| {case} | {c} | {o:.4g} | {f:.4g} | **{ratio:.2f}x** | {' '.join(f'{x:.2f}' for x in ratios)} |")
+        print(f"| {case} | {c} | {rate(o)} | {rate(f)} | **{ratio:.2f}x** | {' '.join(f'{x:.2f}' for x in ratios)} |")
 
 
 if __name__ == "__main__":

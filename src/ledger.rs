@@ -1,8 +1,8 @@
 //! Running-balance ledgers (seed 004).
 //!
 //! An append locks its account (a fair queue lock in front of the account row, held to the
-//! end of the transaction) and, in one statement, adds the amount to the account's balance
-//! and inserts the entry with that new balance as its running balance. Appends to one
+//! end of the transaction), adds the amount to the account's balance and inserts the entry
+//! with that new balance as its running balance. Appends to one
 //! account therefore run one after another, each from the balance the previous one
 //! committed, and the entry id (drawn under the lock) orders them. Accounts are locked with
 //! `lock_exclusive_in_order`, so our functions never deadlock, whatever order a transaction
