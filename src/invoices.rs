@@ -13,7 +13,7 @@ use pgrx::{pg_sys, PgBuiltInOids};
 use crate::errors::{raise, required};
 use crate::spi_plans;
 use crate::trigger_rows::{column, column_as_text};
-use crate::xact_lock::{lock_exclusive, LockSpace};
+use crate::xact_lock::{lock_exclusive_in_order, LockSpace};
 
 /// Most numbers `next_invoice_numbers` hands out in one call (the set is built in memory).
 const MAX_NUMBERS_PER_CALL: i32 = 1_000_000;
@@ -67,7 +67,7 @@ fn check_tenant(tenant: &str) {
 /// Draw `count` consecutive numbers for `tenant`, creating the tenant on first use.
 fn draw(tenant: &str, count: i64) -> Block {
     check_tenant(tenant);
-    lock_exclusive(LockSpace::InvoiceTenant, tenant);
+    lock_exclusive_in_order(LockSpace::InvoiceTenant, tenant);
     Spi::connect_mut(|client| {
         if let Some(block) = draw_from_row(client, tenant, count) {
             return block;
@@ -155,7 +155,7 @@ fn define_invoice_sequence(
             "width is the number of digits numbers are zero-padded to, e.g. 8 for 11-00000001",
         );
     }
-    lock_exclusive(LockSpace::InvoiceTenant, tenant);
+    lock_exclusive_in_order(LockSpace::InvoiceTenant, tenant);
     Spi::connect_mut(|client| {
         spi_plans::run(
             client,

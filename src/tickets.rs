@@ -14,6 +14,7 @@ use pgrx::{pg_sys, PgBuiltInOids};
 
 use crate::errors::{raise, required};
 use crate::spi_plans;
+use crate::xact_lock::{lock_exclusive_in_order, LockSpace};
 
 /// Most tickets one call creates (its codes are built in memory: ~50 bytes each).
 const MAX_TICKETS_PER_CALL: i32 = 1_000_000;
@@ -58,6 +59,12 @@ fn batch_create_tickets(
             "split larger batches into several calls, each with its own batch key",
         );
     }
+    // The key's queue lock first, then the raffle's: in lock order (see xact_lock), and a
+    // second call with the same key waits here, not inside the key row's insert.
+    if let Some(key) = batch_key {
+        lock_exclusive_in_order(LockSpace::TicketBatchKey, key);
+    }
+    lock_exclusive_in_order(LockSpace::Raffle, &raffle.to_string());
     Spi::connect_mut(|client| {
         if let Some(key) = batch_key {
             if let Some(first_result) = claim_or_replay(client, key, raffle, n) {
@@ -78,14 +85,12 @@ fn batch_create_tickets(
 }
 
 /// Claim `key` for this call (None), or return the count of the call that claimed it first.
-/// A key is claimed before the raffle is locked, always in that order, so no two calls can
-/// wait for each other in a cycle.
 fn claim_or_replay(client: &mut SpiClient<'_>, key: &str, raffle: i64, n: i32) -> Option<i32> {
     let args = [key.into(), raffle.into(), n.into()];
     if spi_plans::run(client, CLAIM_BATCH_KEY, &[TEXT, INT8, INT4], &args).len() == 1 {
         return None;
     }
-    // ON CONFLICT waited for the claiming transaction to commit, so its row is final.
+    // We hold the key's lock, so the transaction that claimed it has ended: its row is final.
     let rows = spi_plans::run(client, FIRST_CALL, &[TEXT], &[key.into()]);
     if rows.is_empty() {
         raise(

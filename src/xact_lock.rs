@@ -19,7 +19,7 @@ use pgrx::prelude::*;
 use crate::errors::raise;
 
 /// `pg_locks.objsubid` of each of our lock spaces. The order of the spaces is part of the
-/// lock order of `lock_exclusive_in_order`: an idempotency key before its account.
+/// lock order of `lock_exclusive_in_order`: a key before its account or raffle.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 #[repr(u16)]
 pub enum LockSpace {
@@ -31,12 +31,10 @@ pub enum LockSpace {
     Account = 103,
     /// one lock per (table, account) of a table kept by exactly.maintain_running_balance()
     TableAccount = 104,
-}
-
-/// Take `name`'s lock in `space`, waiting in line if another transaction holds it.
-/// Released when the (sub)transaction ends.
-pub fn lock_exclusive(space: LockSpace, name: &str) {
-    acquire(space, name, false);
+    /// one lock per ticket batch key, taken before the key's raffle
+    TicketBatchKey = 105,
+    /// one lock per raffle, held by whoever creates its tickets
+    Raffle = 106,
 }
 
 thread_local! {
@@ -46,11 +44,13 @@ thread_local! {
         const { RefCell::new(None) };
 }
 
-/// Take `name`'s lock in `space` for a transaction that may hold several such locks, taken
-/// in any order, without ever deadlocking: a transaction only waits for a lock that sorts
-/// after every lock it already holds, so no cycle of waits can form. A lock that sorts
-/// before one already held is taken only if it is free; if it is not, waiting could close a
-/// cycle, and the call fails with a serialization failure (40001) to retry instead.
+/// Take `name`'s lock in `space`, waiting in line if another transaction holds it; released
+/// when the (sub)transaction ends. Every lock of ours is taken here, so a transaction may
+/// hold several, taken in any order, across primitives, without ever deadlocking: it only
+/// waits for a lock that sorts after every lock it already holds, so no cycle of waits can
+/// form. A lock that sorts before one already held is taken only if it is free; if it is
+/// not, waiting could close a cycle, and the call fails with a serialization failure
+/// (40001) to retry instead. The rows these locks guard are written only by holders.
 pub fn lock_exclusive_in_order(space: LockSpace, name: &str) {
     // SAFETY: MyProc is this backend's PGPROC, set before any SQL runs.
     let xact = unsafe { (*pg_sys::MyProc).lxid };
@@ -69,7 +69,7 @@ pub fn lock_exclusive_in_order(space: LockSpace, name: &str) {
                 "\"{name}\" is busy, and this transaction already holds a lock that sorts after it; \
                  waiting could deadlock"
             ),
-            "retry the transaction; appending to several accounts in ascending order never needs a retry",
+            "retry the transaction; taking accounts, tenants or raffles in ascending order never needs a retry",
         );
     }
 }
