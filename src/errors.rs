@@ -26,3 +26,15 @@ pub fn required<T>(value: Option<T>, argument: &str) -> T {
         ),
     }
 }
+
+/// Refuse an empty name (a tenant, an account): it would name nothing.
+#[track_caller]
+pub fn non_empty(value: &str, argument: &str, example: &str) {
+    if value.is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{argument} must not be an empty string"),
+            format!("name the {argument}, e.g. {example}"),
+        );
+    }
+}

@@ -10,7 +10,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::{pg_sys, PgBuiltInOids};
 
-use crate::errors::{raise, required};
+use crate::errors::{non_empty, raise, required};
 use crate::spi_plans;
 use crate::trigger_rows::{column, column_as_text};
 use crate::xact_lock::{lock_exclusive_in_order, LockSpace};
@@ -54,19 +54,9 @@ impl Block {
     }
 }
 
-fn check_tenant(tenant: &str) {
-    if tenant.is_empty() {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "tenant must not be an empty string",
-            "name the tenant, e.g. '11'",
-        );
-    }
-}
-
 /// Draw `count` consecutive numbers for `tenant`, creating the tenant on first use.
 fn draw(tenant: &str, count: i64) -> Block {
-    check_tenant(tenant);
+    non_empty(tenant, "tenant", "'11'");
     lock_exclusive_in_order(LockSpace::InvoiceTenant, tenant);
     Spi::connect_mut(|client| {
         if let Some(block) = draw_from_row(client, tenant, count) {
@@ -147,7 +137,7 @@ fn define_invoice_sequence(
     let tenant = required(tenant, "tenant");
     let prefix = required(prefix, "prefix");
     let width = required(width, "width");
-    check_tenant(tenant);
+    non_empty(tenant, "tenant", "'11'");
     if !(1..=MAX_WIDTH).contains(&width) {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,

@@ -13,9 +13,9 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::{pg_sys, PgBuiltInOids};
 
-use crate::errors::{raise, required};
+use crate::errors::{non_empty, raise, required};
 use crate::spi_plans;
-use crate::trigger_rows::{column, column_as_text};
+use crate::trigger_rows::{attributes, column, column_as_text};
 use crate::xact_lock::{lock_exclusive_in_order, LockSpace};
 
 /// The account of the one-argument `append_payment(amount)`, the seed's single ledger.
@@ -26,6 +26,7 @@ const MAX_AMOUNTS_PER_CALL: usize = 1_000_000;
 const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
 const NUMERIC: PgOid = PgOid::BuiltIn(PgBuiltInOids::NUMERICOID);
 const NUMERIC_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::NUMERICARRAYOID);
+const OID: PgOid = PgOid::BuiltIn(PgBuiltInOids::OIDOID);
 
 type Payment = pgrx::composite_type!('static, "exactly.payments");
 
@@ -80,7 +81,7 @@ fn append_payment(
     idempotency_key: default!(Option<&str>, "NULL"),
 ) -> pgrx::composite_type!('static, "exactly.payments") {
     let account = required(account, "account");
-    check_account(account);
+    non_empty(account, "account", "'alice'");
     append(account, required(amount, "amount"), idempotency_key)
 }
 
@@ -92,7 +93,7 @@ fn append_payments(
 ) -> SetOfIterator<'static, pgrx::composite_type!('static, "exactly.payments")> {
     let account = required(account, "account");
     let amounts = required(amounts, "amounts");
-    check_account(account);
+    non_empty(account, "account", "'alice'");
     if amounts.is_empty() || amounts.len() > MAX_AMOUNTS_PER_CALL {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -106,12 +107,14 @@ fn append_payments(
     for amount in amounts.iter() {
         check_amount(amount.as_ref());
     }
-    // SAFETY: the array's own datum, passed on as the statement's numeric[] argument.
-    let amounts = unsafe { pgrx::datum::DatumWithOid::new(amounts, pg_sys::NUMERICARRAYOID) };
+    let amounts = amounts.into_datum().expect("a non-NULL array");
     lock_exclusive_in_order(LockSpace::Account, account);
     let payments = Spi::connect_mut(|client| {
         let run = |client: &mut SpiClient<'_>| {
-            let args = [account.into(), unsafe { clone_arg(&amounts) }];
+            // SAFETY: the caller's numeric[] argument, alive for the whole call.
+            let args = [account.into(), unsafe {
+                spi_plans::arg(amounts, pg_sys::NUMERICARRAYOID)
+            }];
             let rows = spi_plans::run(client, APPEND_MANY, &[TEXT, NUMERIC_ARRAY], &args);
             rows.map(|row| row.get::<Payment>(1).unwrap().unwrap())
                 .collect::<Vec<_>>()
@@ -124,21 +127,6 @@ fn append_payments(
         run(client)
     });
     SetOfIterator::new(payments)
-}
-
-/// A second handle on the same argument datum (DatumWithOid is not Clone).
-unsafe fn clone_arg<'a>(arg: &pgrx::datum::DatumWithOid<'a>) -> pgrx::datum::DatumWithOid<'a> {
-    pgrx::datum::DatumWithOid::new_from_datum(arg.datum(), arg.oid())
-}
-
-fn check_account(account: &str) {
-    if account.is_empty() {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "account must not be an empty string",
-            "name the account, e.g. 'alice'",
-        );
-    }
 }
 
 /// Refuse NULL, NaN and infinite amounts: none of them can be added to a balance.
@@ -387,8 +375,6 @@ fn maintain_running_balance<'a>(
     Ok(Some(row))
 }
 
-const OID: PgOid = PgOid::BuiltIn(PgBuiltInOids::OIDOID);
-
 /// Put `key`, drawn under the account lock, in the row's primary-key column (int2/4/8).
 fn set_key(
     trigger: &PgTrigger,
@@ -396,12 +382,8 @@ fn set_key(
     attno: usize,
     key: i64,
 ) -> Result<(), pgrx::datum::TryFromDatumError> {
+    let key_type = attributes(trigger)[attno - 1].atttypid;
     let attno = std::num::NonZeroUsize::new(attno).unwrap();
-    // SAFETY: the relation's descriptor, as in trigger_rows.
-    let key_type = unsafe {
-        let tupdesc = (*trigger.trigger_data().tg_relation).rd_att;
-        (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)[attno.get() - 1].atttypid
-    };
     match key_type {
         pg_sys::INT8OID => row.set_by_index(attno, key),
         pg_sys::INT4OID => row.set_by_index(attno, key as i32),

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use pgrx::datum::DatumWithOid;
-use pgrx::pg_sys::PgOid;
+use pgrx::pg_sys::{self, PgOid};
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
 
 thread_local! {
@@ -43,4 +43,13 @@ pub fn run<'conn>(
     client
         .update(plan, None, args)
         .unwrap_or_else(|e| panic!("running {sql}: {e}"))
+}
+
+/// A datum we built (or were passed) as a statement argument. Unlike a `DatumWithOid` made
+/// from a Rust value, the same datum can be passed again when a statement is retried.
+///
+/// # Safety
+/// `datum` must be a valid value of type `type_oid` that outlives the statement.
+pub unsafe fn arg(datum: pg_sys::Datum, type_oid: pg_sys::Oid) -> DatumWithOid<'static> {
+    DatumWithOid::new(datum, type_oid)
 }

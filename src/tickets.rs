@@ -7,7 +7,6 @@
 
 use std::panic::AssertUnwindSafe;
 
-use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::{pg_sys, PgBuiltInOids};
@@ -154,8 +153,11 @@ fn insert_tickets(client: &mut SpiClient<'_>, raffle: i64, count: usize, code_le
     if codes.len() == count && insert_all_or_nothing(client, raffle, array) {
         return;
     }
+    // SAFETY (spi_plans::arg): arrays from codes_to_text_array live in the SPI context.
     let insert = |client: &mut SpiClient<'_>, array: pg_sys::Datum| {
-        let args = [raffle.into(), text_array_arg(array)];
+        let args = [raffle.into(), unsafe {
+            spi_plans::arg(array, pg_sys::TEXTARRAYOID)
+        }];
         spi_plans::run(client, INSERT_FREE_TICKETS, &[INT8, TEXT_ARRAY], &args).len()
     };
     let mut missing = count - insert(client, array);
@@ -192,7 +194,7 @@ fn insert_all_or_nothing(client: &mut SpiClient<'_>, raffle: i64, array: pg_sys:
             pg_sys::CurrentResourceOwner = owner;
         };
         PgTryBuilder::new(AssertUnwindSafe(|| {
-            let args = [raffle.into(), text_array_arg(array)];
+            let args = [raffle.into(), spi_plans::arg(array, pg_sys::TEXTARRAYOID)];
             spi_plans::run(client, INSERT_TICKETS, &[INT8, TEXT_ARRAY], &args);
             pg_sys::ReleaseCurrentSubTransaction();
             restore();
@@ -265,12 +267,6 @@ fn codes_to_text_array(codes: &[u128], length: usize) -> pg_sys::Datum {
         );
         pg_sys::Datum::from(array)
     }
-}
-
-/// A `text[]` datum from `codes_to_text_array` as a statement argument.
-fn text_array_arg(array: pg_sys::Datum) -> DatumWithOid<'static> {
-    // SAFETY: `array` is a text[] built by codes_to_text_array in a context that outlives the call.
-    unsafe { DatumWithOid::new(array, pg_sys::TEXTARRAYOID) }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

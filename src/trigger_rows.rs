@@ -8,15 +8,19 @@ use pgrx::prelude::*;
 
 use crate::errors::raise;
 
+/// The columns of the trigger's table, in attribute-number order (attno 1 at index 0).
+pub fn attributes<'a>(trigger: &PgTrigger<'a>) -> &'a [pg_sys::FormData_pg_attribute] {
+    // SAFETY: the trigger manager hands us the relation, open and locked, with its descriptor.
+    unsafe {
+        let tupdesc = (*trigger.trigger_data().tg_relation).rd_att;
+        (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)
+    }
+}
+
 /// The attribute number and type of column `name` of the trigger's table, or an error that
 /// shows `usage`.
 pub fn column(trigger: &PgTrigger, name: &str, usage: &str) -> (NonZeroUsize, pg_sys::Oid, i32) {
-    // SAFETY: the trigger manager hands us the relation, open and locked, with its descriptor.
-    let attributes = unsafe {
-        let tupdesc = (*trigger.trigger_data().tg_relation).rd_att;
-        (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)
-    };
-    attributes
+    attributes(trigger)
         .iter()
         .enumerate()
         .find(|(_, att)| !att.attisdropped && att.name() == name)
@@ -49,8 +53,7 @@ pub fn column_as_text(
     unsafe {
         let tupdesc = (*trigger.trigger_data().tg_relation).rd_att;
         let datum = pgrx::heap_getattr_raw(tuple, attno, tupdesc)?;
-        let type_oid =
-            (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)[attno.get() - 1].atttypid;
+        let type_oid = attributes(trigger)[attno.get() - 1].atttypid;
         let (mut output, mut varlena) = (pg_sys::InvalidOid, false);
         pg_sys::getTypeOutputInfo(type_oid, &mut output, &mut varlena);
         let text = pg_sys::OidOutputFunctionCall(output, datum);
