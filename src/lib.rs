@@ -8,11 +8,19 @@ mod ledger;
 mod spi_plans;
 mod tickets;
 mod trigger_rows;
+mod upsert;
+mod user_tables;
 mod xact_lock;
 
 pgrx::extension_sql_file!("../sql/invoices.sql", name = "invoices_schema", bootstrap);
 pgrx::extension_sql_file!("../sql/tickets.sql", name = "tickets_schema");
 pgrx::extension_sql_file!("../sql/ledger.sql", name = "ledger_schema");
+
+/// Runs once when a backend loads the library.
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    user_tables::register_invalidation_callback();
+}
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

@@ -1,0 +1,412 @@
+//! Atomic find-or-create and counters on the user's own tables (seed 002).
+//!
+//! `find_or_create` looks the key up first, so a row that exists costs one index lookup and
+//! burns no sequence value; only a missing key is inserted, with
+//! `INSERT ... ON CONFLICT (key) DO NOTHING RETURNING`. Of callers racing to create one key
+//! the unique index lets exactly one insert (the others wait for it to commit and insert
+//! nothing), so exactly one is told `created`; the others look again and find its row.
+//! `increment` updates first and inserts only a missing row, with `ON CONFLICT DO UPDATE`
+//! for the race, so the sum of all increments is exact.
+//!
+//! Both accept any table with a unique index on exactly the key's columns; the SQL is
+//! written for that table and column set on first use and kept (see `user_tables`).
+//! Identifiers are quoted; values are always parameters, converted by the column type's
+//! own input function.
+
+use std::ffi::CString;
+
+use pgrx::datum::{AnyNumeric, DatumWithOid};
+use pgrx::pg_sys::{self, PgOid};
+use pgrx::prelude::*;
+use pgrx::spi::{SpiClient, SpiTupleTable};
+use pgrx::{JsonB, PgBuiltInOids, PgRelation};
+use serde_json::{Map, Value};
+
+use crate::errors::{raise, required};
+use crate::user_tables::{self, Column, UserTable};
+
+const NUMERIC: PgOid = PgOid::BuiltIn(PgBuiltInOids::NUMERICOID);
+
+/// How often `find_or_create` looks again after an insert that found the key taken. Each
+/// round needs another transaction to have created and then deleted the row in between.
+const MAX_ROUNDS: usize = 100;
+
+/// The row for `key` in `rel`, inserted with `defaults` (and the columns' own defaults and
+/// the table's triggers) when there is none, and whether this call inserted it.
+#[pg_extern(volatile, parallel_unsafe)]
+fn find_or_create(
+    rel: Option<PgRelation>,
+    key: Option<JsonB>,
+    defaults: default!(Option<JsonB>, "'{}'"),
+) -> TableIterator<'static, (name!(data, JsonB), name!(created, bool))> {
+    let rel = required(rel, "rel");
+    let key = object(required(key, "key"), "key");
+    let defaults = object(required(defaults, "defaults"), "defaults");
+    let found = Spi::connect_mut(|client| {
+        let table = user_tables::open(client, &rel);
+        let key_columns = key_columns(&table, &key);
+        let mut default_columns: Vec<i16> = defaults
+            .keys()
+            .map(|name| table.column(name, "defaults").attno)
+            .collect();
+        default_columns.sort_unstable();
+        if let Some(both) = default_columns.iter().find(|a| key_columns.contains(a)) {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("column {} is in both key and defaults", table.by_attno(*both).sql()),
+                "a key column's value comes from key; leave it out of defaults",
+            );
+        }
+        let key_values = values(&table, &key_columns, &key, "key");
+        let default_values = values(&table, &default_columns, &defaults, "defaults");
+        let insert_columns: Vec<i16> = key_columns.iter().chain(&default_columns).copied().collect();
+        let insert_values: Vec<DatumWithOid> =
+            key_values.iter().chain(&default_values).map(again).collect();
+        for _ in 0..MAX_ROUNDS {
+            if let Some(row) = find(client, &table, &key_columns, &key_values) {
+                return (row, false);
+            }
+            let inserted = first(table
+                .run(client, "create", &insert_columns, |t| {
+                    let names = t.column_list(insert_columns.iter().copied());
+                    let params: Vec<String> =
+                        (1..=insert_columns.len()).map(|i| format!("${i}")).collect();
+                    let sql = format!(
+                        "INSERT INTO {} AS t {names} VALUES ({}) \
+                         ON CONFLICT {} DO NOTHING RETURNING to_jsonb(t)",
+                        t.name,
+                        params.join(", "),
+                        t.column_list(key_columns.iter().copied()),
+                    );
+                    (sql, types(t, &insert_columns))
+                }, &insert_values));
+            if let Some(row) = inserted {
+                return (row, true);
+            }
+            // Taken by a transaction that committed after our look-up: look again.
+        }
+        raise(
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            format!("the row for key {} of {} was created and deleted {MAX_ROUNDS} times while we looked", Value::Object(key.clone()), table.name),
+            "retry the call",
+        )
+    });
+    TableIterator::once(found)
+}
+
+/// Add `by` to column `col` of the row for `key` in `rel`, creating the row (with `col =
+/// by`) when there is none; returns the new value. A NULL in `col` counts as 0.
+#[pg_extern(volatile, parallel_unsafe)]
+fn increment(
+    rel: Option<PgRelation>,
+    key: Option<JsonB>,
+    col: Option<&str>,
+    by: default!(Option<AnyNumeric>, 1),
+) -> AnyNumeric {
+    let rel = required(rel, "rel");
+    let key = object(required(key, "key"), "key");
+    let col = required(col, "col");
+    let by = required(by, "by");
+    Spi::connect_mut(|client| {
+        let table = user_tables::open(client, &rel);
+        let key_columns = key_columns(&table, &key);
+        let counter = table.column(col, "col");
+        check_counter(&table, counter, &key_columns, &by);
+        let mut args = values(&table, &key_columns, &key, "key");
+        args.push(by.into());
+        let mut columns = key_columns.clone();
+        columns.push(counter.attno);
+        let where_key = |t: &UserTable| -> String {
+            let conditions: Vec<String> = key_columns
+                .iter()
+                .enumerate()
+                .map(|(i, a)| format!("t.{} = ${}", t.by_attno(*a).sql(), i + 1))
+                .collect();
+            conditions.join(" AND ")
+        };
+        let types_with_by = |t: &UserTable| {
+            let mut types = types(t, &key_columns);
+            types.push(NUMERIC);
+            types
+        };
+        let c = counter.sql();
+        let n = key_columns.len() + 1;
+        let updated = first(table
+            .run(client, "add", &columns, |t| {
+                let sql = format!(
+                    "UPDATE {} AS t SET {c} = coalesce(t.{c}, 0) + ${n} WHERE {} RETURNING t.{c}::numeric",
+                    t.name,
+                    where_key(t)
+                );
+                (sql, types_with_by(t))
+            }, &args));
+        if let Some(value) = updated {
+            return value;
+        }
+        // No row: insert it, or add to the one a concurrent caller just inserted.
+        first(table
+            .run(client, "create and add", &columns, |t| {
+                let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "INSERT INTO {} AS t {} VALUES ({}) ON CONFLICT {} \
+                     DO UPDATE SET {c} = coalesce(t.{c}, 0) + excluded.{c} RETURNING t.{c}::numeric",
+                    t.name,
+                    t.column_list(columns.iter().copied()),
+                    params.join(", "),
+                    t.column_list(key_columns.iter().copied()),
+                );
+                (sql, types_with_by(t))
+            }, &args))
+            .expect("an upsert returns its row")
+    })
+}
+
+/// The row for the key, as jsonb, if one is visible.
+fn find(
+    client: &mut SpiClient<'_>,
+    table: &UserTable,
+    key_columns: &[i16],
+    key_values: &[DatumWithOid],
+) -> Option<JsonB> {
+    first(table
+        .run(client, "find", key_columns, |t| {
+            let conditions: Vec<String> = key_columns
+                .iter()
+                .enumerate()
+                .map(|(i, a)| format!("t.{} = ${}", t.by_attno(*a).sql(), i + 1))
+                .collect();
+            let sql = format!(
+                "SELECT to_jsonb(t) FROM {} AS t WHERE {}",
+                t.name,
+                conditions.join(" AND ")
+            );
+            (sql, types(t, key_columns))
+        }, key_values))
+}
+
+/// The first column of the first row, if there is a row.
+fn first<T: FromDatum + IntoDatum>(rows: SpiTupleTable<'_>) -> Option<T> {
+    if rows.is_empty() {
+        None
+    } else {
+        rows.first().get_one::<T>().unwrap()
+    }
+}
+
+/// The same argument once more, for a second statement.
+fn again<'a>(value: &DatumWithOid<'a>) -> DatumWithOid<'a> {
+    // SAFETY: the same datum and type; it lives as long as the original.
+    unsafe { DatumWithOid::new_from_datum(value.datum(), value.oid()) }
+}
+
+/// `value` as a JSON object, or an error naming the argument.
+fn object(value: JsonB, argument: &str) -> Map<String, Value> {
+    match value.0 {
+        Value::Object(map) => map,
+        other => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{argument} must be a JSON object of column names and values, not {other}"),
+            format!("pass e.g. '{{\"key\": \"books\"}}'::jsonb as {argument}"),
+        ),
+    }
+}
+
+/// The key's columns (ascending attribute numbers), which must be exactly the columns of one
+/// of the table's unique keys: that index is what makes one row per key true.
+fn key_columns(table: &UserTable, key: &Map<String, Value>) -> Vec<i16> {
+    if key.is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "key must name at least one column",
+            "pass the columns of a unique key of the table, e.g. '{\"key\": \"books\"}'",
+        );
+    }
+    let mut columns: Vec<i16> = key.keys().map(|name| table.column(name, "key").attno).collect();
+    columns.sort_unstable();
+    if !table.unique_keys.contains(&columns) {
+        let known: Vec<String> = table
+            .unique_keys
+            .iter()
+            .map(|k| table.column_list(k.iter().copied()))
+            .collect();
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_COLUMN_REFERENCE,
+            format!(
+                "table {} has no unique index on exactly the key's columns {}",
+                table.name,
+                table.column_list(columns.iter().copied())
+            ),
+            if known.is_empty() {
+                format!(
+                    "the table has no usable unique index; create one: CREATE UNIQUE INDEX ON {} {}",
+                    table.name,
+                    table.column_list(columns.iter().copied())
+                )
+            } else {
+                format!("use the columns of one of its unique keys: {}", known.join(", "))
+            },
+        );
+    }
+    columns
+}
+
+/// Parameter types of a statement over `columns`: the columns' own types.
+fn types(table: &UserTable, columns: &[i16]) -> Vec<PgOid> {
+    columns
+        .iter()
+        .map(|a| PgOid::from(table.by_attno(*a).type_oid))
+        .collect()
+}
+
+/// The values of `object` for `columns`, in that order, converted to the columns' types.
+fn values(
+    table: &UserTable,
+    columns: &[i16],
+    object: &Map<String, Value>,
+    argument: &str,
+) -> Vec<DatumWithOid<'static>> {
+    columns
+        .iter()
+        .map(|a| {
+            let column = table.by_attno(*a);
+            let value = &object[&column.name];
+            if value.is_null() && argument == "key" {
+                raise(
+                    PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                    format!("key column {} must not be null", column.sql()),
+                    "a unique index never matches NULL, so every call would create another row",
+                );
+            }
+            datum(column, value)
+        })
+        .collect()
+}
+
+/// A JSON value as a value of `column`'s type: its text through the type's input function,
+/// as a literal in SQL would be (a JSON string's contents, a number's digits exactly as
+/// written, a nested array or object as JSON text).
+fn datum(column: &Column, value: &Value) -> DatumWithOid<'static> {
+    let text = match value {
+        Value::Null => return DatumWithOid::null_oid(column.type_oid),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let text = CString::new(text).expect("jsonb strings hold no NUL");
+    let (mut input, mut io_param) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
+    // SAFETY: the column's type exists (we read it from the catalogs in this transaction);
+    // a value its input function rejects raises that function's own error (e.g. 22P02).
+    unsafe {
+        pg_sys::getTypeInputInfo(column.type_oid, &mut input, &mut io_param);
+        let datum = pg_sys::OidInputFunctionCall(
+            input,
+            text.as_ptr() as *mut _,
+            io_param,
+            column.typmod,
+        );
+        DatumWithOid::new(datum, column.type_oid)
+    }
+}
+
+/// `col` must be a number column outside the key, and `by` must fit its kind of number.
+fn check_counter(table: &UserTable, counter: &Column, key_columns: &[i16], by: &AnyNumeric) {
+    if key_columns.contains(&counter.attno) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("column {} is part of the key and cannot be incremented", counter.sql()),
+            "increment a counter column outside the key",
+        );
+    }
+    // SAFETY: a type oid read from the catalogs.
+    let base = unsafe { pg_sys::getBaseType(counter.type_oid) };
+    let integer = [pg_sys::INT2OID, pg_sys::INT4OID, pg_sys::INT8OID].contains(&base);
+    if !integer && ![pg_sys::NUMERICOID, pg_sys::FLOAT4OID, pg_sys::FLOAT8OID].contains(&base) {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            format!("column {} of {} is not a number column", counter.sql(), table.name),
+            "col must name a smallint, integer, bigint, numeric, real or double precision column",
+        );
+    }
+    if integer && by.floor() != *by {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("by = {by} is not a whole number, but column {} holds integers", counter.sql()),
+            "pass a whole number, or make the column numeric",
+        );
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn text(sql: &str) -> String {
+        Spi::get_one::<String>(sql).unwrap().unwrap()
+    }
+
+    fn counters() {
+        Spi::run(
+            "CREATE TABLE counters (id bigserial PRIMARY KEY, key text NOT NULL UNIQUE,
+                                    value int NOT NULL DEFAULT 0, note text DEFAULT 'new')",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn the_first_call_creates_with_defaults_and_later_calls_find() {
+        counters();
+        assert_eq!(
+            text("SELECT data::text || ' ' || created FROM exactly.find_or_create('counters', '{\"key\": \"books\"}', '{\"value\": 5}')"),
+            r#"{"id": 1, "key": "books", "note": "new", "value": 5} true"#
+        );
+        assert_eq!(
+            text("SELECT data::text || ' ' || created FROM exactly.find_or_create('counters', '{\"key\": \"books\"}', '{\"value\": 9}')"),
+            r#"{"id": 1, "key": "books", "note": "new", "value": 5} false"#
+        );
+        // finding an existing row draws no id
+        assert_eq!(text("SELECT last_value::text FROM counters_id_seq"), "1");
+    }
+
+    #[pg_test]
+    fn increment_creates_at_by_then_adds() {
+        counters();
+        let increment = "SELECT exactly.increment('counters', '{\"key\": \"hits\"}', 'value', 3)::text";
+        assert_eq!(text(increment), "3");
+        assert_eq!(text(increment), "6");
+        assert_eq!(text("SELECT value::text FROM counters WHERE key = 'hits'"), "6");
+    }
+
+    #[pg_test]
+    fn a_unique_index_created_later_is_seen_by_the_next_call() {
+        counters();
+        let by_note = "SELECT created::text FROM exactly.find_or_create('counters', '{\"note\": \"n1\", \"key\": \"k1\"}')";
+        let refused = PgTryBuilder::new(|| Spi::get_one::<String>(by_note).map(|_| false).unwrap())
+            .catch_when(PgSqlErrorCode::ERRCODE_INVALID_COLUMN_REFERENCE, |_| true)
+            .execute();
+        assert!(refused, "no unique index on (key, note) yet");
+        Spi::run("CREATE UNIQUE INDEX ON counters (note, key)").unwrap();
+        assert_eq!(text(by_note), "true");
+        Spi::run("ALTER TABLE counters ADD COLUMN extra int DEFAULT 7").unwrap();
+        assert_eq!(
+            text("SELECT data->>'extra' FROM exactly.find_or_create('counters', '{\"key\": \"k1\"}')"),
+            "7"
+        );
+    }
+
+    #[pg_test]
+    fn values_are_parameters_and_names_are_quoted() {
+        Spi::run(r#"CREATE TABLE "odd ""table""" ("select" text PRIMARY KEY, "Mixed Case" int DEFAULT 1)"#)
+            .unwrap();
+        let row = text(
+            r#"SELECT data::text FROM exactly.find_or_create('"odd ""table"""', '{"select": "x''); DROP TABLE \"odd \"\"table\"\"\"; --"}')"#,
+        );
+        assert_eq!(
+            row,
+            r#"{"select": "x'); DROP TABLE \"odd \"\"table\"\"\"; --", "Mixed Case": 1}"#
+        );
+        assert_eq!(
+            text(r#"SELECT exactly.increment('"odd ""table"""', '{"select": "y"}', 'Mixed Case')::text"#),
+            "1"
+        );
+    }
+}
