@@ -1,6 +1,8 @@
 //! One way to refuse bad input: an ERROR with a SQLSTATE, a message that names the
 //! bad value, and a hint that says what to do instead.
 
+use pgrx::datum::AnyNumeric;
+use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
@@ -35,6 +37,23 @@ pub fn non_empty(value: &str, argument: &str, example: &str) {
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("{argument} must not be an empty string"),
             format!("name the {argument}, e.g. {example}"),
+        );
+    }
+}
+
+/// Refuse NaN and Infinity where a number is added to something: the sum would be lost.
+#[track_caller]
+pub fn finite(value: &AnyNumeric, argument: &str) {
+    // SAFETY: a numeric datum of our own copy of the value, alive for the call.
+    let infinite = unsafe {
+        let datum = value.clone().into_datum().unwrap();
+        pg_sys::numeric_is_inf(datum.cast_mut_ptr())
+    };
+    if value.is_nan() || infinite {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{argument} must be a finite number, not {value}"),
+            "NaN and Infinity cannot be added: the sum would be lost",
         );
     }
 }

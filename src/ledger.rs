@@ -13,7 +13,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::{pg_sys, PgBuiltInOids};
 
-use crate::errors::{non_empty, raise, required};
+use crate::errors::{finite, non_empty, raise, required};
 use crate::spi_plans;
 use crate::trigger_rows::{attributes, column, column_as_text};
 use crate::xact_lock::{lock_exclusive_in_order, LockSpace};
@@ -138,18 +138,7 @@ fn check_amount(amount: Option<&AnyNumeric>) {
             "pass a number; use 0 for an entry that changes nothing",
         )
     };
-    // SAFETY: a numeric datum of our own copy of the amount, alive for the call.
-    let infinite = unsafe {
-        let datum = amount.clone().into_datum().unwrap();
-        pg_sys::numeric_is_inf(datum.cast_mut_ptr())
-    };
-    if amount.is_nan() || infinite {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("amount must be a finite number, not {amount}"),
-            "a ledger adds amounts; NaN and Infinity cannot be added",
-        );
-    }
+    finite(amount, "amount");
 }
 
 fn append(account: &str, amount: AnyNumeric, idempotency_key: Option<&str>) -> Payment {

@@ -2,9 +2,11 @@
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod claims;
 mod errors;
 mod invoices;
 mod ledger;
+mod locks;
 mod spi_plans;
 mod tickets;
 mod trigger_rows;
@@ -15,6 +17,7 @@ mod xact_lock;
 pgrx::extension_sql_file!("../sql/invoices.sql", name = "invoices_schema", bootstrap);
 pgrx::extension_sql_file!("../sql/tickets.sql", name = "tickets_schema");
 pgrx::extension_sql_file!("../sql/ledger.sql", name = "ledger_schema");
+pgrx::extension_sql_file!("../sql/claims.sql", name = "claims_schema");
 
 /// Runs once when a backend loads the library.
 #[pgrx::pg_guard]

@@ -22,14 +22,15 @@ use pgrx::spi::{SpiClient, SpiTupleTable};
 use pgrx::{JsonB, PgBuiltInOids, PgRelation};
 use serde_json::{Map, Value};
 
-use crate::errors::{raise, required};
+use crate::errors::{finite, raise, required};
 use crate::user_tables::{self, Column, UserTable};
 
 const NUMERIC: PgOid = PgOid::BuiltIn(PgBuiltInOids::NUMERICOID);
 
 /// How often `find_or_create` looks again after an insert that found the key taken. Each
-/// round needs another transaction to have created and then deleted the row in between.
-const MAX_ROUNDS: usize = 100;
+/// round needs another transaction to have deleted the row in between, or a BEFORE INSERT
+/// trigger that rewrites the key or skips the row (then no round can ever find it).
+const MAX_ROUNDS: usize = 10;
 
 /// The row for `key` in `rel`, inserted with `defaults` (and the columns' own defaults and
 /// the table's triggers) when there is none, and whether this call inserted it.
@@ -43,7 +44,7 @@ fn find_or_create(
     let key = object(required(key, "key"), "key");
     let defaults = object(required(defaults, "defaults"), "defaults");
     let found = Spi::connect_mut(|client| {
-        let table = user_tables::open(client, &rel);
+        let table = user_tables::open(rel.oid());
         let key_columns = key_columns(&table, &key);
         let mut default_columns: Vec<i16> = defaults
             .keys()
@@ -60,6 +61,8 @@ fn find_or_create(
         let key_values = values(&table, &key_columns, &key, "key");
         let default_values = values(&table, &default_columns, &defaults, "defaults");
         let insert_columns: Vec<i16> = key_columns.iter().chain(&default_columns).copied().collect();
+        // which of the inserted columns are the key is part of the statement
+        let statement: Vec<i16> = key_columns.iter().chain(&[0]).chain(&default_columns).copied().collect();
         let insert_values: Vec<DatumWithOid> =
             key_values.iter().chain(&default_values).map(again).collect();
         for _ in 0..MAX_ROUNDS {
@@ -67,7 +70,7 @@ fn find_or_create(
                 return (row, false);
             }
             let inserted = first(table
-                .run(client, "create", &insert_columns, |t| {
+                .run(client, "create", &statement, |t| {
                     let names = t.column_list(insert_columns.iter().copied());
                     let params: Vec<String> =
                         (1..=insert_columns.len()).map(|i| format!("${i}")).collect();
@@ -87,8 +90,13 @@ fn find_or_create(
         }
         raise(
             PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
-            format!("the row for key {} of {} was created and deleted {MAX_ROUNDS} times while we looked", Value::Object(key.clone()), table.name),
-            "retry the call",
+            format!(
+                "no row for key {} in {} after {MAX_ROUNDS} inserts that found the key taken",
+                Value::Object(key.clone()),
+                table.name
+            ),
+            "other transactions keep deleting the row: retry; or a BEFORE INSERT trigger \
+             rewrites the key or skips the row: pass the key as the trigger stores it",
         )
     });
     TableIterator::once(found)
@@ -108,7 +116,7 @@ fn increment(
     let col = required(col, "col");
     let by = required(by, "by");
     Spi::connect_mut(|client| {
-        let table = user_tables::open(client, &rel);
+        let table = user_tables::open(rel.oid());
         let key_columns = key_columns(&table, &key);
         let counter = table.column(col, "col");
         check_counter(&table, counter, &key_columns, &by);
@@ -116,14 +124,7 @@ fn increment(
         args.push(by.into());
         let mut columns = key_columns.clone();
         columns.push(counter.attno);
-        let where_key = |t: &UserTable| -> String {
-            let conditions: Vec<String> = key_columns
-                .iter()
-                .enumerate()
-                .map(|(i, a)| format!("t.{} = ${}", t.by_attno(*a).sql(), i + 1))
-                .collect();
-            conditions.join(" AND ")
-        };
+        let statement: Vec<i16> = key_columns.iter().chain(&[0, counter.attno]).copied().collect();
         let types_with_by = |t: &UserTable| {
             let mut types = types(t, &key_columns);
             types.push(NUMERIC);
@@ -132,11 +133,11 @@ fn increment(
         let c = counter.sql();
         let n = key_columns.len() + 1;
         let updated = first(table
-            .run(client, "add", &columns, |t| {
+            .run(client, "add", &statement, |t| {
                 let sql = format!(
                     "UPDATE {} AS t SET {c} = coalesce(t.{c}, 0) + ${n} WHERE {} RETURNING t.{c}::numeric",
                     t.name,
-                    where_key(t)
+                    key_condition(t, &key_columns)
                 );
                 (sql, types_with_by(t))
             }, &args));
@@ -145,7 +146,7 @@ fn increment(
         }
         // No row: insert it, or add to the one a concurrent caller just inserted.
         first(table
-            .run(client, "create and add", &columns, |t| {
+            .run(client, "create and add", &statement, |t| {
                 let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
                 let sql = format!(
                     "INSERT INTO {} AS t {} VALUES ({}) ON CONFLICT {} \
@@ -170,18 +171,23 @@ fn find(
 ) -> Option<JsonB> {
     first(table
         .run(client, "find", key_columns, |t| {
-            let conditions: Vec<String> = key_columns
-                .iter()
-                .enumerate()
-                .map(|(i, a)| format!("t.{} = ${}", t.by_attno(*a).sql(), i + 1))
-                .collect();
             let sql = format!(
                 "SELECT to_jsonb(t) FROM {} AS t WHERE {}",
                 t.name,
-                conditions.join(" AND ")
+                key_condition(t, key_columns)
             );
             (sql, types(t, key_columns))
         }, key_values))
+}
+
+/// `t.a = $1 AND t.b = $2` for the key columns.
+fn key_condition(table: &UserTable, key_columns: &[i16]) -> String {
+    let conditions: Vec<String> = key_columns
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("t.{} = ${}", table.by_attno(*a).sql(), i + 1))
+        .collect();
+    conditions.join(" AND ")
 }
 
 /// The first column of the first row, if there is a row.
@@ -284,11 +290,13 @@ fn values(
 
 /// A JSON value as a value of `column`'s type: its text through the type's input function,
 /// as a literal in SQL would be (a JSON string's contents, a number's digits exactly as
-/// written, a nested array or object as JSON text).
+/// written, a nested array or object as JSON text). A json or jsonb column gets the value
+/// itself, as JSON.
 fn datum(column: &Column, value: &Value) -> DatumWithOid<'static> {
+    let json_column = [pg_sys::JSONOID, pg_sys::JSONBOID].contains(&column.base_type());
     let text = match value {
         Value::Null => return DatumWithOid::null_oid(column.type_oid),
-        Value::String(s) => s.clone(),
+        Value::String(s) if !json_column => s.clone(),
         other => other.to_string(),
     };
     let text = CString::new(text).expect("jsonb strings hold no NUL");
@@ -316,8 +324,7 @@ fn check_counter(table: &UserTable, counter: &Column, key_columns: &[i16], by: &
             "increment a counter column outside the key",
         );
     }
-    // SAFETY: a type oid read from the catalogs.
-    let base = unsafe { pg_sys::getBaseType(counter.type_oid) };
+    let base = counter.base_type();
     let integer = [pg_sys::INT2OID, pg_sys::INT4OID, pg_sys::INT8OID].contains(&base);
     if !integer && ![pg_sys::NUMERICOID, pg_sys::FLOAT4OID, pg_sys::FLOAT8OID].contains(&base) {
         raise(
@@ -326,6 +333,7 @@ fn check_counter(table: &UserTable, counter: &Column, key_columns: &[i16], by: &
             "col must name a smallint, integer, bigint, numeric, real or double precision column",
         );
     }
+    finite(by, "by");
     if integer && by.floor() != *by {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -390,6 +398,41 @@ mod tests {
         assert_eq!(
             text("SELECT data->>'extra' FROM exactly.find_or_create('counters', '{\"key\": \"k1\"}')"),
             "7"
+        );
+    }
+
+    #[pg_test]
+    fn a_key_and_a_default_are_not_the_same_statement_as_a_longer_key() {
+        Spi::run("CREATE TABLE ab (id serial PRIMARY KEY, a int NOT NULL UNIQUE, b int NOT NULL, UNIQUE (a, b))")
+            .unwrap();
+        let call = |key: &str, defaults: &str| {
+            text(&format!("SELECT data->>'id' || ' ' || created FROM exactly.find_or_create('ab', '{key}', '{defaults}')"))
+        };
+        assert_eq!(call(r#"{"a": 7}"#, r#"{"b": 1}"#), "1 true");
+        assert_eq!(call(r#"{"a": 7, "b": 1}"#, "{}"), "1 false");
+        assert_eq!(call(r#"{"a": 8, "b": 2}"#, "{}"), "2 true");
+    }
+
+    #[pg_test(error = "no row for key {\"name\":\"Foo\"} in public.lower_keys after 10 inserts that found the key taken")]
+    fn a_trigger_that_rewrites_the_key_is_reported_not_looped_on() {
+        Spi::run(
+            "CREATE TABLE lower_keys (id serial PRIMARY KEY, name text UNIQUE);
+             CREATE FUNCTION lower_name() RETURNS trigger LANGUAGE plpgsql AS
+                 'BEGIN NEW.name := lower(NEW.name); RETURN NEW; END';
+             CREATE TRIGGER lower_name BEFORE INSERT ON lower_keys FOR EACH ROW EXECUTE FUNCTION lower_name();",
+        )
+        .unwrap();
+        let call = "SELECT created FROM exactly.find_or_create('lower_keys', '{\"name\": \"Foo\"}')";
+        assert_eq!(Spi::get_one::<bool>(call), Ok(Some(true)));
+        Spi::run(call).unwrap();
+    }
+
+    #[pg_test]
+    fn json_values_go_into_json_columns_as_json() {
+        Spi::run("CREATE TABLE docs (key text PRIMARY KEY, meta jsonb, tags text[])").unwrap();
+        assert_eq!(
+            text(r#"SELECT data::text FROM exactly.find_or_create('docs', '{"key": "d"}', '{"meta": "hello", "tags": "{a,b}"}')"#),
+            r#"{"key": "d", "meta": "hello", "tags": ["a", "b"]}"#
         );
     }
 

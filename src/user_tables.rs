@@ -12,31 +12,14 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use std::ffi::CStr;
+
 use pgrx::pg_sys::{self, PgOid};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
-use pgrx::{PgBuiltInOids, PgRelation};
+use pgrx::{PgList, PgRelation};
 
 use crate::errors::raise;
-use crate::spi_plans;
-
-const OID: PgOid = PgOid::BuiltIn(PgBuiltInOids::OIDOID);
-
-/// Schema-qualified and quoted, so the cached SQL means the same table whatever the caller's
-/// search_path is later.
-const TABLE: &str = "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relkind::text
-    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.oid = $1";
-const COLUMNS: &str = "SELECT attname::text, attnum, atttypid, atttypmod
-    FROM pg_catalog.pg_attribute
-    WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum";
-/// Indexes `INSERT ... ON CONFLICT (columns)` can use as its arbiter: unique, valid, checked
-/// immediately, on plain columns, over the whole table.
-const UNIQUE_KEYS: &str = "SELECT indkey::int2[], indnkeyatts, indisprimary
-    FROM pg_catalog.pg_index
-    WHERE indrelid = $1 AND indisunique AND indisvalid AND indimmediate
-      AND indexprs IS NULL AND indpred IS NULL
-    ORDER BY indisprimary DESC, indexrelid";
 
 pub struct Column {
     pub name: String,
@@ -50,6 +33,20 @@ impl Column {
     pub fn sql(&self) -> String {
         quote_identifier(&self.name)
     }
+
+    /// The type's name for SQL, schema-qualified and quoted where needed.
+    pub fn type_sql(&self) -> String {
+        // SAFETY: a type oid read from the catalogs; the result is a palloc'd C string.
+        unsafe { CStr::from_ptr(pg_sys::format_type_be_qualified(self.type_oid)) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// The base type (through domains): what kind of value the column holds.
+    pub fn base_type(&self) -> pg_sys::Oid {
+        // SAFETY: a type oid read from the catalogs.
+        unsafe { pg_sys::getBaseType(self.type_oid) }
+    }
 }
 
 pub struct UserTable {
@@ -60,7 +57,7 @@ pub struct UserTable {
     /// The key columns (attribute numbers, ascending) of each unique key; the primary key
     /// first when there is one.
     pub unique_keys: Vec<Vec<i16>>,
-    pub has_primary_key: bool,
+    has_primary_key: bool,
     /// Set by the invalidation callback; the next `open` reads the catalogs again.
     stale: Cell<bool>,
     statements: RefCell<HashMap<(&'static str, Vec<i16>), Rc<OwnedPreparedStatement>>>,
@@ -94,9 +91,8 @@ pub fn register_invalidation_callback() {
     }
 }
 
-/// What we know about `rel`, read from the catalogs when not known yet or changed since.
-pub fn open(client: &mut SpiClient<'_>, rel: &PgRelation) -> Rc<UserTable> {
-    let relid = rel.oid();
+/// What we know about table `relid`, read when not known yet or changed since.
+pub fn open(relid: pg_sys::Oid) -> Rc<UserTable> {
     if ALL_STALE.with(|all| all.replace(false)) {
         TABLES.with(|tables| tables.borrow_mut().clear());
     }
@@ -104,49 +100,85 @@ pub fn open(client: &mut SpiClient<'_>, rel: &PgRelation) -> Rc<UserTable> {
     if let Some(table) = known.filter(|t| !t.stale.get()) {
         return table;
     }
-    let table = Rc::new(read_catalogs(client, relid));
+    let table = Rc::new(read_relcache(relid));
     TABLES.with(|tables| tables.borrow_mut().insert(relid, table.clone()));
     table
 }
 
-fn read_catalogs(client: &mut SpiClient<'_>, relid: pg_sys::Oid) -> UserTable {
-    let row = spi_plans::run(client, TABLE, &[OID], &[relid.into()]).first();
-    let (name, kind) = (
-        row.get::<String>(1).unwrap().unwrap(),
-        row.get::<String>(2).unwrap().unwrap(),
-    );
-    if kind != "r" && kind != "p" {
-        raise(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("\"{name}\" is not a table"),
-            "pass a table (a view, index or sequence has no rows of its own to lock)",
-        );
-    }
-    let columns = spi_plans::run(client, COLUMNS, &[OID], &[relid.into()])
-        .map(|row| Column {
-            name: row.get::<String>(1).unwrap().unwrap(),
-            attno: row.get::<i16>(2).unwrap().unwrap(),
-            type_oid: row.get::<pg_sys::Oid>(3).unwrap().unwrap(),
-            typmod: row.get::<i32>(4).unwrap().unwrap(),
-        })
-        .collect();
-    let mut has_primary_key = false;
-    let unique_keys = spi_plans::run(client, UNIQUE_KEYS, &[OID], &[relid.into()])
-        .map(|row| {
-            let mut key: Vec<i16> = row.get::<Vec<i16>>(1).unwrap().unwrap();
-            key.truncate(row.get::<i16>(2).unwrap().unwrap() as usize); // INCLUDE columns are no part of the key
+/// Read the table's description from the relation cache: the server's current view of it,
+/// whatever the transaction's snapshot (a REPEATABLE READ snapshot may predate a change).
+fn read_relcache(relid: pg_sys::Oid) -> UserTable {
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    // SAFETY: the relation (and each index) is opened and locked before it is read, and
+    // closed when its PgRelation is dropped; the lock lasts to the end of the transaction.
+    unsafe {
+        let rel = pg_sys::try_relation_open(relid, lock);
+        if rel.is_null() {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!("table with OID {} does not exist", relid.to_u32()),
+                "it was dropped, or the OID is wrong",
+            );
+        }
+        let rel = PgRelation::from_pg_owned(rel);
+        let name = CStr::from_ptr(pg_sys::quote_qualified_identifier(
+            pg_sys::get_namespace_name(rel.namespace_oid()),
+            (*rel.rd_rel).relname.data.as_ptr(),
+        ))
+        .to_string_lossy()
+        .into_owned();
+        let kind = (*rel.rd_rel).relkind as u8;
+        if kind != pg_sys::RELKIND_RELATION && kind != pg_sys::RELKIND_PARTITIONED_TABLE {
+            raise(
+                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+                format!("{name} is not a table"),
+                "pass a table (a view, index or sequence has no rows of its own to lock)",
+            );
+        }
+        let columns = rel
+            .tuple_desc()
+            .iter()
+            .filter(|att| !att.attisdropped)
+            .map(|att| Column {
+                name: att.name().to_string(),
+                attno: att.attnum,
+                type_oid: att.atttypid,
+                typmod: att.atttypmod,
+            })
+            .collect();
+        let mut has_primary_key = false;
+        let mut unique_keys = vec![];
+        let indexes = PgList::<pg_sys::Oid>::from_pg(pg_sys::RelationGetIndexList(rel.as_ptr()));
+        for index_oid in indexes.iter_oid() {
+            let index = PgRelation::with_lock(index_oid, lock);
+            let form = &*index.rd_index;
+            let mut key = form.indkey.values.as_slice(form.indnkeyatts as usize).to_vec();
+            // what INSERT ... ON CONFLICT (columns) can use: unique, valid, checked at once,
+            // on plain columns (0 is an expression), over the whole table
+            if !form.indisunique
+                || !form.indisvalid
+                || !form.indimmediate
+                || key.contains(&0)
+                || !pg_sys::RelationGetIndexPredicate(index.as_ptr()).is_null()
+            {
+                continue;
+            }
             key.sort_unstable();
-            has_primary_key |= row.get::<bool>(3).unwrap().unwrap();
-            key
-        })
-        .collect();
-    UserTable {
-        name,
-        columns,
-        unique_keys,
-        has_primary_key,
-        stale: Cell::new(false),
-        statements: RefCell::new(HashMap::new()),
+            if form.indisprimary {
+                has_primary_key = true;
+                unique_keys.insert(0, key);
+            } else {
+                unique_keys.push(key);
+            }
+        }
+        UserTable {
+            name,
+            columns,
+            unique_keys,
+            has_primary_key,
+            stale: Cell::new(false),
+            statements: RefCell::new(HashMap::new()),
+        }
     }
 }
 
@@ -168,6 +200,11 @@ impl UserTable {
             })
     }
 
+    /// The primary key's columns, if the table has one.
+    pub fn primary_key(&self) -> Option<&[i16]> {
+        self.has_primary_key.then(|| self.unique_keys[0].as_slice())
+    }
+
     pub fn by_attno(&self, attno: i16) -> &Column {
         self.columns.iter().find(|c| c.attno == attno).unwrap()
     }
@@ -178,7 +215,8 @@ impl UserTable {
         format!("({})", names.join(", "))
     }
 
-    /// Run the statement `purpose` built for `columns`, writing and preparing it with `build`
+    /// Run the statement `purpose` built for `columns` (several lists of columns are told apart
+/// by a 0 between them, never an attribute number), writing and preparing it with `build`
     /// on first use (SQL text, parameter types) and keeping it while the table is unchanged.
     pub fn run<'conn>(
         &self,
@@ -219,7 +257,7 @@ impl UserTable {
 pub fn quote_identifier(name: &str) -> String {
     let name = std::ffi::CString::new(name).expect("identifiers hold no NUL");
     // SAFETY: quote_identifier reads a C string and returns it or a palloc'd quoted copy.
-    unsafe { std::ffi::CStr::from_ptr(pg_sys::quote_identifier(name.as_ptr())) }
+    unsafe { CStr::from_ptr(pg_sys::quote_identifier(name.as_ptr())) }
         .to_string_lossy()
         .into_owned()
 }

@@ -35,6 +35,9 @@ pub enum LockSpace {
     TicketBatchKey = 105,
     /// one lock per raffle, held by whoever creates its tickets
     Raffle = 106,
+    /// the application's named locks (`exactly.lock`): never taken through
+    /// `lock_exclusive_in_order`, they wait like any lock-manager lock, deadlock-detected
+    Named = 110,
 }
 
 thread_local! {
@@ -74,18 +77,11 @@ pub fn lock_exclusive_in_order(space: LockSpace, name: &str) {
     }
 }
 
-/// LockAcquire on our tag; with `no_wait`, false when another transaction holds it.
-fn acquire(space: LockSpace, name: &str, no_wait: bool) -> bool {
-    let hash = fnv1a64(name.as_bytes());
-    let tag = pg_sys::LOCKTAG {
-        // SAFETY: MyDatabaseId is set once the backend is connected, before any SQL runs.
-        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: (hash >> 32) as u32,
-        locktag_field3: hash as u32,
-        locktag_field4: space as u16,
-        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-    };
+/// LockAcquire on our tag, exclusive, to the end of the transaction; with `no_wait`, false
+/// when another transaction holds it. Without, it waits (deadlock-detected, and subject to
+/// `lock_timeout`), so only `lock_exclusive_in_order` and the named locks call it.
+pub fn acquire(space: LockSpace, name: &str, no_wait: bool) -> bool {
+    let tag = tag(space, name);
     // SAFETY: a well-formed tag; an error (deadlock, cancel) longjmps out as an ERROR.
     let result = unsafe {
         pg_sys::LockAcquire(
@@ -96,6 +92,21 @@ fn acquire(space: LockSpace, name: &str, no_wait: bool) -> bool {
         )
     };
     result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+}
+
+/// The advisory lock tag of `name` in `space`: as `pg_locks` shows it, classid and objid
+/// hold the hash's high and low halves and objsubid the space.
+pub fn tag(space: LockSpace, name: &str) -> pg_sys::LOCKTAG {
+    let hash = fnv1a64(name.as_bytes());
+    pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set once the backend is connected, before any SQL runs.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: (hash >> 32) as u32,
+        locktag_field3: hash as u32,
+        locktag_field4: space as u16,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    }
 }
 
 /// FNV-1a, 64 bits: stable across releases, so backends running two versions of this

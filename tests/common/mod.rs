@@ -174,6 +174,68 @@ impl Drop for Cluster {
     }
 }
 
+/// A PgBouncer in front of a test cluster, on a unix socket in the cluster's directory,
+/// run as `postgres` (it refuses root); stopped when dropped.
+pub struct PgBouncer {
+    dir: PathBuf,
+}
+
+impl PgBouncer {
+    const PORT: u16 = 6432;
+
+    /// Start one with `pool_mode` (e.g. "transaction") and `pool_size` server connections.
+    pub fn start(cluster: &Cluster, pool_mode: &str, pool_size: usize) -> PgBouncer {
+        let dir = cluster.dir.clone();
+        std::fs::write(dir.join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
+        std::fs::write(
+            dir.join("pgbouncer.ini"),
+            format!(
+                "[databases]\npostgres = host={dir} port={PORT} dbname=postgres user=postgres\n\
+                 [pgbouncer]\nlisten_addr =\nunix_socket_dir = {dir}\nlisten_port = {bouncer}\n\
+                 auth_type = trust\nauth_file = {dir}/userlist.txt\npool_mode = {pool_mode}\n\
+                 default_pool_size = {pool_size}\nmax_client_conn = 200\n\
+                 logfile = {dir}/pgbouncer.log\npidfile = {dir}/pgbouncer.pid\n",
+                dir = dir.display(),
+                bouncer = Self::PORT,
+            ),
+        )
+        .unwrap();
+        check(
+            "pgbouncer",
+            server_command(Path::new("/usr/sbin/pgbouncer"))
+                .arg("-d")
+                .arg(dir.join("pgbouncer.ini"))
+                .output()
+                .unwrap(),
+        );
+        let bouncer = PgBouncer { dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while bouncer.config().connect(NoTls).is_err() {
+            assert!(Instant::now() < deadline, "pgbouncer did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bouncer
+    }
+
+    pub fn config(&self) -> postgres::Config {
+        let mut config = postgres::Config::new();
+        config
+            .host_path(&self.dir)
+            .port(Self::PORT)
+            .user("postgres")
+            .dbname("postgres");
+        config
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).output();
+        }
+    }
+}
+
 /// The SQLSTATE of a failed statement, e.g. "22023".
 pub fn sqlstate(result: Result<impl Sized, postgres::Error>) -> String {
     match result {
@@ -232,10 +294,19 @@ where
     T: Send + 'static,
     F: Fn(usize, &mut Client) -> T + Send + Sync + 'static,
 {
+    at_once_through(cluster.config(), connections, work)
+}
+
+/// `at_once` with connections made from `config` (e.g. through a PgBouncer).
+pub fn at_once_through<T, F>(config: postgres::Config, connections: usize, work: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize, &mut Client) -> T + Send + Sync + 'static,
+{
     let (start, work) = (Arc::new(Barrier::new(connections)), Arc::new(work));
     let workers: Vec<_> = (0..connections)
         .map(|i| {
-            let (config, start, work) = (cluster.config(), start.clone(), work.clone());
+            let (config, start, work) = (config.clone(), start.clone(), work.clone());
             std::thread::spawn(move || {
                 let mut client = config.connect(NoTls).expect("connect to the test cluster");
                 start.wait();
