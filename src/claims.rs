@@ -235,7 +235,7 @@ fn primary_key(table: &UserTable) -> &Column {
 /// The done column: a timestamp (or date) column outside the key, set to now() on completion.
 fn done_column_of<'t>(table: &'t UserTable, name: &str) -> &'t Column {
     let done = table.column(name, "done_column");
-    if ![pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPOID, pg_sys::DATEOID].contains(&done.base_type()) {
+    if ![pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPOID, pg_sys::DATEOID].contains(&done.base_type) {
         raise(
             PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
             format!("column {} of {} is not a timestamp column", done.sql(), table.name),

@@ -15,15 +15,16 @@
 
 use std::ffi::CString;
 
+use pgrx::callconv::{BoxRet, FcInfo};
 use pgrx::datum::{AnyNumeric, DatumWithOid};
 use pgrx::pg_sys::{self, PgOid};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiTupleTable};
-use pgrx::{JsonB, PgBuiltInOids, PgRelation};
+use pgrx::{JsonB, PgBuiltInOids, PgList, PgMemoryContexts, PgRelation};
 use serde_json::{Map, Value};
 
 use crate::errors::{finite, raise, required};
-use crate::user_tables::{self, Column, UserTable};
+use crate::user_tables::{self, Column, UniqueKey, UserTable};
 
 const NUMERIC: PgOid = PgOid::BuiltIn(PgBuiltInOids::NUMERICOID);
 
@@ -39,51 +40,59 @@ fn find_or_create(
     rel: Option<PgRelation>,
     key: Option<JsonB>,
     defaults: default!(Option<JsonB>, "'{}'"),
-) -> TableIterator<'static, (name!(data, JsonB), name!(created, bool))> {
+) -> TableIterator<'static, (name!(data, RowJson), name!(created, bool))> {
     let rel = required(rel, "rel");
     let key = object(required(key, "key"), "key");
     let defaults = object(required(defaults, "defaults"), "defaults");
+    let table = user_tables::open(rel.oid());
+    let unique_key = unique_key(&table, &key);
+    let key_columns = &unique_key.columns;
+    let mut default_columns: Vec<i16> = defaults
+        .keys()
+        .map(|name| table.column(name, "defaults").attno)
+        .collect();
+    default_columns.sort_unstable();
+    if let Some(both) = default_columns.iter().find(|a| key_columns.contains(a)) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("column {} is in both key and defaults", table.by_attno(*both).sql()),
+            "a key column's value comes from key; leave it out of defaults",
+        );
+    }
+    let key_values = values(&table, key_columns, &key, "key");
+    // The common case, a row that exists: one index probe, no statement.
+    if let Some(row) = probe(&rel, &table, unique_key, &key_values) {
+        return TableIterator::once((row, false));
+    }
+    let default_values = values(&table, &default_columns, &defaults, "defaults");
+    let insert_columns: Vec<i16> = key_columns.iter().chain(&default_columns).copied().collect();
+    // which of the inserted columns are the key is part of the statement
+    let statement: Vec<i16> = key_columns.iter().chain(&[0]).chain(&default_columns).copied().collect();
+    let insert_values: Vec<DatumWithOid> =
+        key_values.iter().chain(&default_values).map(again).collect();
+    // SAFETY: the current context is the caller's; rows are copied into it from SPI's.
+    let outer = unsafe { pg_sys::CurrentMemoryContext };
     let found = Spi::connect_mut(|client| {
-        let table = user_tables::open(rel.oid());
-        let key_columns = key_columns(&table, &key);
-        let mut default_columns: Vec<i16> = defaults
-            .keys()
-            .map(|name| table.column(name, "defaults").attno)
-            .collect();
-        default_columns.sort_unstable();
-        if let Some(both) = default_columns.iter().find(|a| key_columns.contains(a)) {
-            raise(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("column {} is in both key and defaults", table.by_attno(*both).sql()),
-                "a key column's value comes from key; leave it out of defaults",
-            );
-        }
-        let key_values = values(&table, &key_columns, &key, "key");
-        let default_values = values(&table, &default_columns, &defaults, "defaults");
-        let insert_columns: Vec<i16> = key_columns.iter().chain(&default_columns).copied().collect();
-        // which of the inserted columns are the key is part of the statement
-        let statement: Vec<i16> = key_columns.iter().chain(&[0]).chain(&default_columns).copied().collect();
-        let insert_values: Vec<DatumWithOid> =
-            key_values.iter().chain(&default_values).map(again).collect();
-        for _ in 0..MAX_ROUNDS {
-            if let Some(row) = find(client, &table, &key_columns, &key_values) {
-                return (row, false);
+        for round in 0..MAX_ROUNDS {
+            if round > 0 {
+                if let Some(row) = json_of_first_row(outer, find(client, &table, key_columns, &key_values)) {
+                    return (row, false);
+                }
             }
-            let inserted = first(table
-                .run(client, "create", &statement, |t| {
-                    let names = t.column_list(insert_columns.iter().copied());
-                    let params: Vec<String> =
-                        (1..=insert_columns.len()).map(|i| format!("${i}")).collect();
-                    let sql = format!(
-                        "INSERT INTO {} AS t {names} VALUES ({}) \
-                         ON CONFLICT {} DO NOTHING RETURNING to_jsonb(t)",
-                        t.name,
-                        params.join(", "),
-                        t.column_list(key_columns.iter().copied()),
-                    );
-                    (sql, types(t, &insert_columns))
-                }, &insert_values));
-            if let Some(row) = inserted {
+            let inserted = table.run(client, "create", &statement, |t| {
+                let names = t.column_list(insert_columns.iter().copied());
+                let params: Vec<String> =
+                    (1..=insert_columns.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "INSERT INTO {} AS t {names} VALUES ({}) \
+                     ON CONFLICT {} DO NOTHING RETURNING to_jsonb(t)",
+                    t.name,
+                    params.join(", "),
+                    t.column_list(key_columns.iter().copied()),
+                );
+                (sql, types(t, &insert_columns))
+            }, &insert_values);
+            if let Some(row) = json_of_first_row(outer, inserted) {
                 return (row, true);
             }
             // Taken by a transaction that committed after our look-up: look again.
@@ -117,7 +126,7 @@ fn increment(
     let by = required(by, "by");
     Spi::connect_mut(|client| {
         let table = user_tables::open(rel.oid());
-        let key_columns = key_columns(&table, &key);
+        let key_columns = unique_key(&table, &key).columns.clone();
         let counter = table.column(col, "col");
         check_counter(&table, counter, &key_columns, &by);
         let mut args = values(&table, &key_columns, &key, "key");
@@ -162,14 +171,15 @@ fn increment(
     })
 }
 
-/// The row for the key, as jsonb, if one is visible.
-fn find(
-    client: &mut SpiClient<'_>,
+/// The row for the key, as jsonb, if one is visible: the probe's statement twin, for after
+/// an insert found the key taken (the probe would do as well; this keeps the loop in SQL).
+fn find<'conn>(
+    client: &mut SpiClient<'conn>,
     table: &UserTable,
     key_columns: &[i16],
     key_values: &[DatumWithOid],
-) -> Option<JsonB> {
-    first(table
+) -> SpiTupleTable<'conn> {
+    table
         .run(client, "find", key_columns, |t| {
             let sql = format!(
                 "SELECT to_jsonb(t) FROM {} AS t WHERE {}",
@@ -177,7 +187,7 @@ fn find(
                 key_condition(t, key_columns)
             );
             (sql, types(t, key_columns))
-        }, key_values))
+        }, key_values)
 }
 
 /// `t.a = $1 AND t.b = $2` for the key columns.
@@ -188,6 +198,115 @@ fn key_condition(table: &UserTable, key_columns: &[i16]) -> String {
         .map(|(i, a)| format!("t.{} = ${}", table.by_attno(*a).sql(), i + 1))
         .collect();
     conditions.join(" AND ")
+}
+
+/// A jsonb value as the server built it, returned as is: no round trip through text.
+pub struct RowJson(pg_sys::Datum);
+
+impl IntoDatum for RowJson {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.0)
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+// SAFETY: the datum is a jsonb varlena in memory that outlives the call (see its makers).
+unsafe impl BoxRet for RowJson {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+        unsafe { fcinfo.return_raw_datum(self.0) }
+    }
+}
+
+pgrx::impl_sql_translatable!(RowJson, "jsonb");
+
+/// The jsonb in the first column of the first row, copied into `context` (SPI's own memory
+/// ends with the connection), if there is a row.
+fn json_of_first_row(context: pg_sys::MemoryContext, rows: SpiTupleTable<'_>) -> Option<RowJson> {
+    if rows.is_empty() {
+        return None;
+    }
+    let datum = rows.first().get_datum_by_ordinal(1).unwrap()?;
+    // SAFETY: a jsonb varlena of the current SPI result, copied whole into the caller's context.
+    Some(RowJson(unsafe {
+        PgMemoryContexts::For(context)
+            .switch_to(|_| pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(datum.cast_mut_ptr())))
+    }))
+}
+
+/// The row for the key, read straight through its unique index as a statement would (same
+/// snapshot rules, no executor start-up): the common case of `find_or_create` is one index
+/// probe. None when no row is visible, and when the caller's access must be checked by a
+/// statement instead (row-level security on the table, or only column privileges).
+fn probe(rel: &PgRelation, table: &UserTable, key: &UniqueKey, values: &[DatumWithOid]) -> Option<RowJson> {
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    // SAFETY: the relation is open and locked (the argument); the index is opened and locked
+    // here and kept locked to the end of the transaction, as a statement would; the key
+    // datums are of the key columns' types, as the index's equality functions expect; the
+    // snapshot is registered for the scan.
+    unsafe {
+        let relid = rel.oid();
+        if pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), pg_sys::ACL_SELECT as pg_sys::AclMode)
+            != pg_sys::AclResult::ACLCHECK_OK
+            || pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true)
+                == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+        {
+            return None;
+        }
+        let mut scan_keys: Vec<pg_sys::ScanKeyData> = key
+            .probe
+            .iter()
+            .enumerate()
+            .map(|(i, &(attno, equality, collation))| {
+                let value = &values[key.columns.iter().position(|&a| a == attno).unwrap()];
+                let mut scan_key = std::mem::zeroed::<pg_sys::ScanKeyData>();
+                pg_sys::ScanKeyEntryInitialize(
+                    &mut scan_key,
+                    0,
+                    (i + 1) as i16,
+                    pg_sys::BTEqualStrategyNumber as u16,
+                    pg_sys::InvalidOid,
+                    collation,
+                    equality,
+                    value.datum().expect("key values are never NULL").sans_lifetime(),
+                );
+                scan_key
+            })
+            .collect();
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
+        let index = pg_sys::index_open(key.index, lock);
+        let scan = pg_sys::index_beginscan(rel.as_ptr(), index, snapshot, scan_keys.len() as i32, 0);
+        pg_sys::index_rescan(scan, scan_keys.as_mut_ptr(), scan_keys.len() as i32, std::ptr::null_mut(), 0);
+        let slot = pg_sys::table_slot_create(rel.as_ptr(), std::ptr::null_mut());
+        let row = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot)
+            .then(|| RowJson(row_to_jsonb(table.row_type, pg_sys::ExecFetchSlotHeapTupleDatum(slot))));
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_endscan(scan);
+        pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+        pg_sys::UnregisterSnapshot(snapshot);
+        row
+    }
+}
+
+/// `to_jsonb(row)` for a row of type `row_type`. to_jsonb learns its argument's type from the
+/// call expression, so it gets one, as if called from SQL.
+unsafe fn row_to_jsonb(row_type: pg_sys::Oid, row: pg_sys::Datum) -> pg_sys::Datum {
+    let mut to_jsonb = std::mem::zeroed::<pg_sys::FmgrInfo>();
+    pg_sys::fmgr_info(pg_sys::Oid::from(pg_sys::F_TO_JSONB), &mut to_jsonb);
+    let mut args = PgList::<pg_sys::Node>::new();
+    args.push(pg_sys::makeNullConst(row_type, -1, pg_sys::InvalidOid).cast());
+    to_jsonb.fn_expr = pg_sys::makeFuncExpr(
+        pg_sys::Oid::from(pg_sys::F_TO_JSONB),
+        pg_sys::JSONBOID,
+        args.into_pg(),
+        pg_sys::InvalidOid,
+        pg_sys::InvalidOid,
+        pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
+    )
+    .cast();
+    pg_sys::FunctionCall1Coll(&mut to_jsonb, pg_sys::InvalidOid, row)
 }
 
 /// The first column of the first row, if there is a row.
@@ -217,9 +336,9 @@ fn object(value: JsonB, argument: &str) -> Map<String, Value> {
     }
 }
 
-/// The key's columns (ascending attribute numbers), which must be exactly the columns of one
-/// of the table's unique keys: that index is what makes one row per key true.
-fn key_columns(table: &UserTable, key: &Map<String, Value>) -> Vec<i16> {
+/// The unique key whose columns are exactly the key's: that index is what makes one row per
+/// key true.
+fn unique_key<'t>(table: &'t UserTable, key: &Map<String, Value>) -> &'t UniqueKey {
     if key.is_empty() {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -229,11 +348,11 @@ fn key_columns(table: &UserTable, key: &Map<String, Value>) -> Vec<i16> {
     }
     let mut columns: Vec<i16> = key.keys().map(|name| table.column(name, "key").attno).collect();
     columns.sort_unstable();
-    if !table.unique_keys.contains(&columns) {
+    let Some(unique_key) = table.unique_key(&columns) else {
         let known: Vec<String> = table
             .unique_keys
             .iter()
-            .map(|k| table.column_list(k.iter().copied()))
+            .map(|k| table.column_list(k.columns.iter().copied()))
             .collect();
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_COLUMN_REFERENCE,
@@ -252,8 +371,8 @@ fn key_columns(table: &UserTable, key: &Map<String, Value>) -> Vec<i16> {
                 format!("use the columns of one of its unique keys: {}", known.join(", "))
             },
         );
-    }
-    columns
+    };
+    unique_key
 }
 
 /// Parameter types of a statement over `columns`: the columns' own types.
@@ -293,7 +412,7 @@ fn values(
 /// written, a nested array or object as JSON text). A json or jsonb column gets the value
 /// itself, as JSON.
 fn datum(column: &Column, value: &Value) -> DatumWithOid<'static> {
-    let json_column = [pg_sys::JSONOID, pg_sys::JSONBOID].contains(&column.base_type());
+    let json_column = [pg_sys::JSONOID, pg_sys::JSONBOID].contains(&column.base_type);
     let text = match value {
         Value::Null => return DatumWithOid::null_oid(column.type_oid),
         Value::String(s) if !json_column => s.clone(),
@@ -324,7 +443,7 @@ fn check_counter(table: &UserTable, counter: &Column, key_columns: &[i16], by: &
             "increment a counter column outside the key",
         );
     }
-    let base = counter.base_type();
+    let base = counter.base_type;
     let integer = [pg_sys::INT2OID, pg_sys::INT4OID, pg_sys::INT8OID].contains(&base);
     if !integer && ![pg_sys::NUMERICOID, pg_sys::FLOAT4OID, pg_sys::FLOAT8OID].contains(&base) {
         raise(

@@ -26,6 +26,8 @@ pub struct Column {
     pub attno: i16,
     pub type_oid: pg_sys::Oid,
     pub typmod: i32,
+    /// The type under any domains: what kind of value the column holds.
+    pub base_type: pg_sys::Oid,
 }
 
 impl Column {
@@ -41,22 +43,28 @@ impl Column {
             .to_string_lossy()
             .into_owned()
     }
+}
 
-    /// The base type (through domains): what kind of value the column holds.
-    pub fn base_type(&self) -> pg_sys::Oid {
-        // SAFETY: a type oid read from the catalogs.
-        unsafe { pg_sys::getBaseType(self.type_oid) }
-    }
+/// A unique index `INSERT ... ON CONFLICT (columns)` can use as its arbiter: unique, valid,
+/// checked at once, on plain columns, over the whole table.
+pub struct UniqueKey {
+    /// The key columns (attribute numbers, ascending).
+    pub columns: Vec<i16>,
+    pub index: pg_sys::Oid,
+    /// Per index column, in the index's order: the table column, and the equality function
+    /// and collation an index scan for one key value needs.
+    pub probe: Vec<(i16, pg_sys::RegProcedure, pg_sys::Oid)>,
 }
 
 pub struct UserTable {
     /// Schema-qualified and quoted: safe to write into SQL as is.
     pub name: String,
+    /// The table's row type.
+    pub row_type: pg_sys::Oid,
     /// In attribute-number order; dropped columns left out.
     pub columns: Vec<Column>,
-    /// The key columns (attribute numbers, ascending) of each unique key; the primary key
-    /// first when there is one.
-    pub unique_keys: Vec<Vec<i16>>,
+    /// The primary key first when there is one.
+    pub unique_keys: Vec<UniqueKey>,
     has_primary_key: bool,
     /// Set by the invalidation callback; the next `open` reads the catalogs again.
     stale: Cell<bool>,
@@ -144,6 +152,7 @@ fn read_relcache(relid: pg_sys::Oid) -> UserTable {
                 attno: att.attnum,
                 type_oid: att.atttypid,
                 typmod: att.atttypmod,
+                base_type: pg_sys::getBaseType(att.atttypid),
             })
             .collect();
         let mut has_primary_key = false;
@@ -152,18 +161,33 @@ fn read_relcache(relid: pg_sys::Oid) -> UserTable {
         for index_oid in indexes.iter_oid() {
             let index = PgRelation::with_lock(index_oid, lock);
             let form = &*index.rd_index;
-            let mut key = form.indkey.values.as_slice(form.indnkeyatts as usize).to_vec();
-            // what INSERT ... ON CONFLICT (columns) can use: unique, valid, checked at once,
-            // on plain columns (0 is an expression), over the whole table
+            let in_index_order = form.indkey.values.as_slice(form.indnkeyatts as usize);
+            // 0 stands for an expression
             if !form.indisunique
                 || !form.indisvalid
                 || !form.indimmediate
-                || key.contains(&0)
+                || in_index_order.contains(&0)
                 || !pg_sys::RelationGetIndexPredicate(index.as_ptr()).is_null()
             {
                 continue;
             }
-            key.sort_unstable();
+            let probe = in_index_order
+                .iter()
+                .enumerate()
+                .map(|(i, &attno)| {
+                    let opcintype = *index.rd_opcintype.add(i);
+                    let equality = pg_sys::get_opfamily_member(
+                        *index.rd_opfamily.add(i),
+                        opcintype,
+                        opcintype,
+                        pg_sys::BTEqualStrategyNumber as i16,
+                    );
+                    (attno, pg_sys::get_opcode(equality), *index.rd_indcollation.add(i))
+                })
+                .collect();
+            let mut columns = in_index_order.to_vec();
+            columns.sort_unstable();
+            let key = UniqueKey { columns, index: index_oid, probe };
             if form.indisprimary {
                 has_primary_key = true;
                 unique_keys.insert(0, key);
@@ -173,6 +197,7 @@ fn read_relcache(relid: pg_sys::Oid) -> UserTable {
         }
         UserTable {
             name,
+            row_type: (*rel.rd_rel).reltype,
             columns,
             unique_keys,
             has_primary_key,
@@ -202,7 +227,12 @@ impl UserTable {
 
     /// The primary key's columns, if the table has one.
     pub fn primary_key(&self) -> Option<&[i16]> {
-        self.has_primary_key.then(|| self.unique_keys[0].as_slice())
+        self.has_primary_key.then(|| self.unique_keys[0].columns.as_slice())
+    }
+
+    /// The unique key on exactly `columns` (ascending attribute numbers), if there is one.
+    pub fn unique_key(&self, columns: &[i16]) -> Option<&UniqueKey> {
+        self.unique_keys.iter().find(|k| k.columns == columns)
     }
 
     pub fn by_attno(&self, attno: i16) -> &Column {
