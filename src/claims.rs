@@ -22,11 +22,11 @@ use std::collections::HashSet;
 use pgrx::datum::Interval;
 use pgrx::pg_sys::{self, PgOid};
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgBuiltInOids, PgRelation, Uuid};
+use pgrx::{PgBuiltInOids, PgRelation, Uuid};
 
 use crate::errors::{raise, required};
 use crate::spi_plans;
-use crate::user_tables::{self, Column, UserTable};
+use crate::user_tables::{self, Column, RowJson, UserTable};
 
 const REGCLASS: PgOid = PgOid::BuiltIn(PgBuiltInOids::REGCLASSOID);
 const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
@@ -80,7 +80,7 @@ fn claim_batch(
     done_column: Option<&str>,
     batch: default!(Option<i32>, 100),
     lease: default!(Option<Interval>, "'5 minutes'"),
-) -> TableIterator<'static, (name!(claim, Uuid), name!(data, JsonB))> {
+) -> TableIterator<'static, (name!(claim, Uuid), name!(data, RowJson))> {
     let rel = required(rel, "rel");
     let done_column = required(done_column, "done_column");
     let batch = required(batch, "batch");
@@ -93,6 +93,8 @@ fn claim_batch(
         );
     }
     check_lease(&lease);
+    // SAFETY: the current context is the caller's; rows are copied into it from SPI's.
+    let outer = unsafe { pg_sys::CurrentMemoryContext };
     let claimed = Spi::connect_mut(|client| {
         let table = user_tables::open(rel.oid());
         let (key, done) = (primary_key(&table), done_column_of(&table, done_column));
@@ -100,10 +102,20 @@ fn claim_batch(
         // SAFETY (every arg below): a regclass datum is the relation's oid.
         let rel_arg = || unsafe { spi_plans::arg(relid().unwrap(), pg_sys::REGCLASSOID) };
         spi_plans::run(client, TAKE_BACK_EXPIRED, &[REGCLASS], &[rel_arg()]);
-        let picked: Vec<(String, JsonB)> = table
-            .run(client, "claim", &[key.attno, done.attno], |t| pick_sql(t, key, done), &[rel_arg(), batch.into()])
-            .map(|row| (row.get(1).unwrap().unwrap(), row.get(2).unwrap().unwrap()))
-            .collect();
+        let mut rows = table.run(
+            client,
+            "claim",
+            &[key.attno, done.attno],
+            |t| pick_sql(t, key, done),
+            &[rel_arg(), batch.into()],
+        );
+        let mut picked: Vec<(String, RowJson)> = vec![];
+        while rows.next().is_some() {
+            let key = rows.get::<String>(1).unwrap().unwrap();
+            // SAFETY: column 2 is to_jsonb(t).
+            let data = unsafe { RowJson::copy(outer, rows.get_datum_by_ordinal(2).unwrap().unwrap()) };
+            picked.push((key, data));
+        }
         if picked.is_empty() {
             return vec![];
         }

@@ -15,16 +15,15 @@
 
 use std::ffi::CString;
 
-use pgrx::callconv::{BoxRet, FcInfo};
 use pgrx::datum::{AnyNumeric, DatumWithOid};
 use pgrx::pg_sys::{self, PgOid};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiTupleTable};
-use pgrx::{JsonB, PgBuiltInOids, PgList, PgMemoryContexts, PgRelation};
+use pgrx::{JsonB, PgBuiltInOids, PgList, PgRelation};
 use serde_json::{Map, Value};
 
 use crate::errors::{finite, raise, required};
-use crate::user_tables::{self, Column, UniqueKey, UserTable};
+use crate::user_tables::{self, Column, RowJson, UniqueKey, UserTable};
 
 const NUMERIC: PgOid = PgOid::BuiltIn(PgBuiltInOids::NUMERICOID);
 
@@ -200,28 +199,6 @@ fn key_condition(table: &UserTable, key_columns: &[i16]) -> String {
     conditions.join(" AND ")
 }
 
-/// A jsonb value as the server built it, returned as is: no round trip through text.
-pub struct RowJson(pg_sys::Datum);
-
-impl IntoDatum for RowJson {
-    fn into_datum(self) -> Option<pg_sys::Datum> {
-        Some(self.0)
-    }
-
-    fn type_oid() -> pg_sys::Oid {
-        pg_sys::JSONBOID
-    }
-}
-
-// SAFETY: the datum is a jsonb varlena in memory that outlives the call (see its makers).
-unsafe impl BoxRet for RowJson {
-    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
-        unsafe { fcinfo.return_raw_datum(self.0) }
-    }
-}
-
-pgrx::impl_sql_translatable!(RowJson, "jsonb");
-
 /// The jsonb in the first column of the first row, copied into `context` (SPI's own memory
 /// ends with the connection), if there is a row.
 fn json_of_first_row(context: pg_sys::MemoryContext, rows: SpiTupleTable<'_>) -> Option<RowJson> {
@@ -229,11 +206,8 @@ fn json_of_first_row(context: pg_sys::MemoryContext, rows: SpiTupleTable<'_>) ->
         return None;
     }
     let datum = rows.first().get_datum_by_ordinal(1).unwrap()?;
-    // SAFETY: a jsonb varlena of the current SPI result, copied whole into the caller's context.
-    Some(RowJson(unsafe {
-        PgMemoryContexts::For(context)
-            .switch_to(|_| pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(datum.cast_mut_ptr())))
-    }))
+    // SAFETY: a jsonb datum of the current SPI result.
+    Some(unsafe { RowJson::copy(context, datum) })
 }
 
 /// The row for the key, read straight through its unique index as a statement would (same

@@ -17,7 +17,8 @@ use std::ffi::CStr;
 use pgrx::pg_sys::{self, PgOid};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
-use pgrx::{PgList, PgRelation};
+use pgrx::callconv::{BoxRet, FcInfo};
+use pgrx::{PgList, PgMemoryContexts, PgRelation};
 
 use crate::errors::raise;
 
@@ -282,6 +283,43 @@ impl UserTable {
             .unwrap_or_else(|e| panic!("running {purpose} on {}: {e}", self.name))
     }
 }
+
+/// A jsonb value as the server built it, returned as is: no round trip through text.
+pub struct RowJson(pub pg_sys::Datum);
+
+impl RowJson {
+    /// A copy in `context` of a jsonb datum of an SPI result (SPI's memory ends with the
+    /// connection).
+    ///
+    /// # Safety
+    /// `datum` must be a jsonb value.
+    pub unsafe fn copy(context: pg_sys::MemoryContext, datum: pg_sys::Datum) -> RowJson {
+        RowJson(unsafe {
+            PgMemoryContexts::For(context).switch_to(|_| {
+                pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(datum.cast_mut_ptr()))
+            })
+        })
+    }
+}
+
+impl IntoDatum for RowJson {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.0)
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+// SAFETY: the datum is a jsonb varlena in memory that outlives the call (see its makers).
+unsafe impl BoxRet for RowJson {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+        unsafe { fcinfo.return_raw_datum(self.0) }
+    }
+}
+
+pgrx::impl_sql_translatable!(RowJson, "jsonb");
 
 /// An identifier quoted for SQL when it needs to be (the server's own rules and keywords).
 pub fn quote_identifier(name: &str) -> String {
