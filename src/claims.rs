@@ -17,11 +17,14 @@
 //!   completes only by deleting its own claim row while its lease still runs: the two
 //!   delete the same row, so exactly one of them wins.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 
 use pgrx::datum::Interval;
 use pgrx::pg_sys::{self, PgOid};
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 use pgrx::{PgBuiltInOids, PgRelation, Uuid};
 
 use crate::errors::{raise, required};
@@ -36,6 +39,11 @@ const UUID: PgOid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
 
 /// Most rows one claim hands out (they are returned in one result).
 const MAX_BATCH: i32 = 100_000;
+/// How often one call picks rows again when all it picked went to claims that committed
+/// meanwhile (then it returns nothing, as if nothing were pending, rather than loop on).
+const MAX_PICKS: usize = 8;
+/// See `full_look_due`.
+const FULL_LOOK_EVERY: u32 = 16;
 
 /// Delete the table's claims whose lease ran out (their rows are pending again) and count
 /// a failed attempt for each of their rows.
@@ -46,7 +54,8 @@ const TAKE_BACK_EXPIRED: &str = "WITH expired AS (
     SELECT $1, k, count(*), clock_timestamp() FROM expired, unnest(row_keys) k GROUP BY k
     ON CONFLICT (rel, row_key) DO UPDATE
     SET failed_attempts = a.failed_attempts + excluded.failed_attempts,
-        last_failed_at = excluded.last_failed_at";
+        last_failed_at = excluded.last_failed_at
+    RETURNING 1";
 /// Write the claim for the picked rows ($3) that no live claim holds, seen afresh.
 const WRITE_CLAIM: &str =
     "INSERT INTO exactly.claims (claim, rel, done_column, row_keys, leased_until)
@@ -101,61 +110,130 @@ fn claim_batch(
         let relid = || rel.oid().into_datum();
         // SAFETY (every arg below): a regclass datum is the relation's oid.
         let rel_arg = || unsafe { spi_plans::arg(relid().unwrap(), pg_sys::REGCLASSOID) };
-        spi_plans::run(client, TAKE_BACK_EXPIRED, &[REGCLASS], &[rel_arg()]);
-        let mut rows = table.run(
-            client,
-            "claim",
-            &[key.attno, done.attno],
-            |t| pick_sql(t, key, done),
-            &[rel_arg(), batch.into()],
-        );
-        let mut picked: Vec<(String, RowJson)> = vec![];
-        while rows.next().is_some() {
-            let key = rows.get::<String>(1).unwrap().unwrap();
-            // SAFETY: column 2 is to_jsonb(t).
-            let data = unsafe { RowJson::copy(outer, rows.get_datum_by_ordinal(2).unwrap().unwrap()) };
-            picked.push((key, data));
+        let taken_back = !spi_plans::run(client, TAKE_BACK_EXPIRED, &[REGCLASS], &[rel_arg()]).is_empty();
+        // A round finds nothing to hold only when every row it picked went to claims that
+        // committed after its first look; the next round's look sees those claims.
+        for _ in 0..MAX_PICKS {
+            let after = if full_look_due(taken_back) {
+                None
+            } else {
+                newest_claimed_key(client, &table, key, rel_arg())
+            };
+            let mut picked = pick(client, &table, key, done, (rel_arg(), batch, after.as_deref()), outer);
+            if after.is_some() && picked.len() < batch as usize {
+                // nothing much after the newest claim: look at every pending row
+                picked = pick(client, &table, key, done, (rel_arg(), batch, None), outer);
+            }
+            if picked.is_empty() {
+                return vec![];
+            }
+            let keys: Vec<String> = picked.iter().map(|(k, _)| k.clone()).collect();
+            let written = spi_plans::run(
+                client,
+                WRITE_CLAIM,
+                &[REGCLASS, TEXT, TEXT_ARRAY, INTERVAL],
+                &[rel_arg(), done_column.into(), keys.into(), lease.into()],
+            );
+            if written.is_empty() {
+                continue;
+            }
+            let row = written.first();
+            let claim: Uuid = row.get(1).unwrap().unwrap();
+            let held: HashSet<String> = row.get::<Vec<String>>(2).unwrap().unwrap().into_iter().collect();
+            return picked
+                .into_iter()
+                .filter(|(k, _)| held.contains(k))
+                .map(|(_, data)| (claim, data))
+                .collect();
         }
-        if picked.is_empty() {
-            return vec![];
-        }
-        let keys: Vec<String> = picked.iter().map(|(k, _)| k.clone()).collect();
-        let written = spi_plans::run(
-            client,
-            WRITE_CLAIM,
-            &[REGCLASS, TEXT, TEXT_ARRAY, INTERVAL],
-            &[rel_arg(), done_column.into(), keys.into(), lease.into()],
-        );
-        if written.is_empty() {
-            return vec![];
-        }
-        let row = written.first();
-        let claim: Uuid = row.get(1).unwrap().unwrap();
-        let held: HashSet<String> = row.get::<Vec<String>>(2).unwrap().unwrap().into_iter().collect();
-        picked
-            .into_iter()
-            .filter(|(k, _)| held.contains(k))
-            .map(|(_, data)| (claim, data))
-            .collect()
+        vec![]
     });
     TableIterator::new(claimed)
 }
 
-/// The pending rows no live claim holds, in key order, locked; skipping rows another
-/// claimer is locking right now.
-fn pick_sql(table: &UserTable, key: &Column, done: &Column) -> (String, Vec<PgOid>) {
-    let (k, d) = (key.sql(), done.sql());
-    let sql = format!(
-        "SELECT t.{k}::text, to_jsonb(t) FROM {} AS t
-         WHERE t.{d} IS NULL
-           AND t.{k} NOT IN (SELECT c.key::{} FROM exactly.claims, unnest(row_keys) AS c(key)
-                             WHERE rel = $1 AND leased_until > clock_timestamp())
-         ORDER BY t.{k} LIMIT $2
-         FOR NO KEY UPDATE OF t SKIP LOCKED",
-        table.name,
-        key.type_sql(),
-    );
-    (sql, vec![REGCLASS, PgOid::BuiltIn(PgBuiltInOids::INT4OID)])
+thread_local! {
+    /// Claims this backend made since it last looked at every pending row.
+    static CLAIMS_SINCE_FULL_LOOK: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether this claim looks at every pending row rather than only at those after the
+/// newest claimed key: when expired claims were just taken back (their rows lie before it),
+/// and every FULL_LOOK_EVERY-th claim (rows released, or committed late with a lower key,
+/// lie there too; this way they wait for a few claims, never for the queue to drain).
+fn full_look_due(taken_back: bool) -> bool {
+    CLAIMS_SINCE_FULL_LOOK.with(|n| {
+        let due = taken_back || n.get() >= FULL_LOOK_EVERY;
+        n.set(if due { 0 } else { n.get() + 1 });
+        due
+    })
+}
+
+/// The highest key a live claim of the table holds (as text), if there is a live claim.
+/// Claims hand out rows in key order, so most pending rows after it are held by no claim.
+fn newest_claimed_key(
+    client: &mut SpiClient<'_>,
+    table: &UserTable,
+    key: &Column,
+    rel: DatumWithOid<'_>,
+) -> Option<String> {
+    let rows = table.run(client, "newest claimed key", &[key.attno], |_| {
+        let sql = format!(
+            "SELECT max(row_keys[cardinality(row_keys)]::{})::text FROM exactly.claims
+             WHERE rel = $1 AND leased_until > clock_timestamp()",
+            key.type_sql()
+        );
+        (sql, vec![REGCLASS])
+    }, &[rel]);
+    rows.first().get_one::<String>().unwrap()
+}
+
+/// Lock and return (key, row as jsonb) of up to `batch` pending rows in key order, skipping
+/// rows other claimers are locking right now: every pending row no live claim holds, or
+/// with `after`, the pending rows after that key (none of them is in a live claim).
+fn pick(
+    client: &mut SpiClient<'_>,
+    table: &UserTable,
+    key: &Column,
+    done: &Column,
+    (rel, batch, after): (DatumWithOid<'_>, i32, Option<&str>),
+    outer: pg_sys::MemoryContext,
+) -> Vec<(String, RowJson)> {
+    let (k, d, key_type) = (key.sql(), done.sql(), key.type_sql());
+    // Rows are converted to jsonb only once locked: a row skipped costs no conversion.
+    let statement = |filter: String| {
+        format!(
+            "WITH picked AS (
+                 SELECT t.ctid FROM {table} AS t
+                 WHERE t.{d} IS NULL AND {filter}
+                 ORDER BY t.{k} LIMIT $2
+                 FOR NO KEY UPDATE OF t SKIP LOCKED)
+             SELECT t.{k}::text, to_jsonb(t) FROM {table} AS t
+             WHERE t.ctid = ANY (ARRAY(SELECT ctid FROM picked))
+             ORDER BY t.{k}",
+            table = table.name
+        )
+    };
+    let int4 = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
+    let mut rows = match after {
+        None => table.run(client, "pick", &[key.attno, done.attno], |_| {
+            let filter = format!(
+                "t.{k} NOT IN (SELECT c.key::{key_type} FROM exactly.claims, unnest(row_keys) AS c(key)
+                               WHERE rel = $1 AND leased_until > clock_timestamp())"
+            );
+            (statement(filter), vec![REGCLASS, int4])
+        }, &[rel, batch.into()]),
+        Some(after) => table.run(client, "pick after", &[key.attno, done.attno], |_| {
+            (statement(format!("t.{k} > $3::{key_type}")), vec![REGCLASS, int4, TEXT])
+        }, &[rel, batch.into(), after.into()]),
+    };
+    let mut picked = vec![];
+    while rows.next().is_some() {
+        let key = rows.get::<String>(1).unwrap().unwrap();
+        // SAFETY: column 2 is to_jsonb(t).
+        let data = unsafe { RowJson::copy(outer, rows.get_datum_by_ordinal(2).unwrap().unwrap()) };
+        picked.push((key, data));
+    }
+    picked
 }
 
 /// Mark the rows of a live claim done (`done_column = now()`) and end the claim; returns

@@ -422,3 +422,27 @@ fn bad_input_is_refused() {
     let claims: i64 = client.query_one("SELECT count(*) FROM exactly.claims", &[]).unwrap().get(0);
     assert_eq!(claims, 0);
 }
+
+/// Rows given back below the newest live claim (here: released while a later claim still
+/// runs) come back within a few claims, even while the queue after it never runs dry.
+#[test]
+fn rows_given_back_behind_a_live_claim_come_back_soon() {
+    let cluster = Cluster::start();
+    let (mut a, mut b, mut c) = (cluster.connect(), cluster.connect(), cluster.connect());
+    resources(&mut a, 1_000);
+    let (first, ids) = claim(&mut a, 10, "5 minutes").unwrap();
+    assert_eq!(ids, (1..=10).collect::<Vec<i64>>());
+    let (_later, _) = claim(&mut b, 10, "5 minutes").unwrap();
+    rows(&mut a, &format!("SELECT exactly.release_claim('{first}')"));
+    let mut claims_until_back = None;
+    for n in 1..=20 {
+        let (claim_id, ids) = claim(&mut c, 10, "5 minutes").unwrap();
+        complete(&mut c, &claim_id);
+        if ids.contains(&1) {
+            claims_until_back = Some(n);
+            break;
+        }
+    }
+    let n = claims_until_back.expect("the released rows came back within 20 claims");
+    assert!(n <= 17, "came back after {n} claims");
+}
