@@ -46,7 +46,8 @@ const MAX_PICKS: usize = 8;
 const FULL_LOOK_EVERY: u32 = 16;
 
 /// Delete the table's claims whose lease ran out (their rows are pending again) and count
-/// a failed attempt for each of their rows.
+/// a failed attempt for each of their rows. Done before every look at the rows before the
+/// newest claim (only such a look can hand those rows out again).
 const TAKE_BACK_EXPIRED: &str = "WITH expired AS (
         DELETE FROM exactly.claims WHERE rel = $1 AND leased_until <= clock_timestamp()
         RETURNING row_keys)
@@ -54,8 +55,7 @@ const TAKE_BACK_EXPIRED: &str = "WITH expired AS (
     SELECT $1, k, count(*), clock_timestamp() FROM expired, unnest(row_keys) k GROUP BY k
     ON CONFLICT (rel, row_key) DO UPDATE
     SET failed_attempts = a.failed_attempts + excluded.failed_attempts,
-        last_failed_at = excluded.last_failed_at
-    RETURNING 1";
+        last_failed_at = excluded.last_failed_at";
 /// Write the claim for the picked rows ($3) that no live claim holds, seen afresh.
 const WRITE_CLAIM: &str =
     "INSERT INTO exactly.claims (claim, rel, done_column, row_keys, leased_until)
@@ -110,19 +110,19 @@ fn claim_batch(
         let relid = || rel.oid().into_datum();
         // SAFETY (every arg below): a regclass datum is the relation's oid.
         let rel_arg = || unsafe { spi_plans::arg(relid().unwrap(), pg_sys::REGCLASSOID) };
-        let taken_back = !spi_plans::run(client, TAKE_BACK_EXPIRED, &[REGCLASS], &[rel_arg()]).is_empty();
         // A round finds nothing to hold only when every row it picked went to claims that
         // committed after its first look; the next round's look sees those claims.
         for _ in 0..MAX_PICKS {
-            let after = if full_look_due(taken_back) {
-                None
-            } else {
-                newest_claimed_key(client, &table, key, rel_arg())
-            };
-            let mut picked = pick(client, &table, key, done, (rel_arg(), batch, after.as_deref()), outer);
-            if after.is_some() && picked.len() < batch as usize {
-                // nothing much after the newest claim: look at every pending row
-                picked = pick(client, &table, key, done, (rel_arg(), batch, None), outer);
+            let mut full_look = full_look_due();
+            let mut picked = vec![];
+            if !full_look {
+                picked = pick(client, &table, key, done, (rel_arg(), batch, Look::AfterNewestClaim), outer);
+                // little after the newest claim: look at every pending row
+                full_look = picked.len() < batch as usize;
+            }
+            if full_look {
+                spi_plans::run(client, TAKE_BACK_EXPIRED, &[REGCLASS], &[rel_arg()]);
+                picked = pick(client, &table, key, done, (rel_arg(), batch, Look::Everywhere), outer);
             }
             if picked.is_empty() {
                 return vec![];
@@ -157,55 +157,47 @@ thread_local! {
 }
 
 /// Whether this claim looks at every pending row rather than only at those after the
-/// newest claimed key: when expired claims were just taken back (their rows lie before it),
-/// and every FULL_LOOK_EVERY-th claim (rows released, or committed late with a lower key,
-/// lie there too; this way they wait for a few claims, never for the queue to drain).
-fn full_look_due(taken_back: bool) -> bool {
+/// newest claim: every FULL_LOOK_EVERY-th claim of a backend, so rows given back before the
+/// newest claim (its lease ran out, it was released, or it committed late with a lower
+/// key) wait for a few claims, never for the queue to drain.
+fn full_look_due() -> bool {
     CLAIMS_SINCE_FULL_LOOK.with(|n| {
-        let due = taken_back || n.get() >= FULL_LOOK_EVERY;
+        let due = n.get() >= FULL_LOOK_EVERY;
         n.set(if due { 0 } else { n.get() + 1 });
         due
     })
 }
 
-/// The highest key a live claim of the table holds (as text), if there is a live claim.
-/// Claims hand out rows in key order, so most pending rows after it are held by no claim.
-fn newest_claimed_key(
-    client: &mut SpiClient<'_>,
-    table: &UserTable,
-    key: &Column,
-    rel: DatumWithOid<'_>,
-) -> Option<String> {
-    let rows = table.run(client, "newest claimed key", &[key.attno], |_| {
-        let sql = format!(
-            "SELECT max(row_keys[cardinality(row_keys)]::{})::text FROM exactly.claims
-             WHERE rel = $1 AND leased_until > clock_timestamp()",
-            key.type_sql()
-        );
-        (sql, vec![REGCLASS])
-    }, &[rel]);
-    rows.first().get_one::<String>().unwrap()
+/// Where `pick` looks for pending rows.
+enum Look {
+    /// After the highest key any claim of the table holds, live or expired: claims hand out
+    /// rows in key order, so the rows there are held by no claim, and rows of an expired
+    /// claim are left to a full look, which takes the claim back first.
+    AfterNewestClaim,
+    /// Every pending row no live claim holds (after expired claims were taken back).
+    Everywhere,
 }
 
 /// Lock and return (key, row as jsonb) of up to `batch` pending rows in key order, skipping
-/// rows other claimers are locking right now: every pending row no live claim holds, or
-/// with `after`, the pending rows after that key (none of them is in a live claim).
+/// rows other claimers are locking right now.
 fn pick(
     client: &mut SpiClient<'_>,
     table: &UserTable,
     key: &Column,
     done: &Column,
-    (rel, batch, after): (DatumWithOid<'_>, i32, Option<&str>),
+    (rel, batch, look): (DatumWithOid<'_>, i32, Look),
     outer: pg_sys::MemoryContext,
 ) -> Vec<(String, RowJson)> {
     let (k, d, key_type) = (key.sql(), done.sql(), key.type_sql());
-    // Rows are converted to jsonb only once locked: a row skipped costs no conversion.
+    // Rows are converted to jsonb only once locked: a row skipped costs no conversion. The
+    // batch size is written into the SQL: with a LIMIT parameter the planner prices the
+    // kept plan for a tenth of the table and plans every call afresh instead.
     let statement = |filter: String| {
         format!(
             "WITH picked AS (
                  SELECT t.ctid FROM {table} AS t
                  WHERE t.{d} IS NULL AND {filter}
-                 ORDER BY t.{k} LIMIT $2
+                 ORDER BY t.{k} LIMIT {batch}
                  FOR NO KEY UPDATE OF t SKIP LOCKED)
              SELECT t.{k}::text, to_jsonb(t) FROM {table} AS t
              WHERE t.ctid = ANY (ARRAY(SELECT ctid FROM picked))
@@ -213,19 +205,27 @@ fn pick(
             table = table.name
         )
     };
-    let int4 = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
-    let mut rows = match after {
-        None => table.run(client, "pick", &[key.attno, done.attno], |_| {
-            let filter = format!(
-                "t.{k} NOT IN (SELECT c.key::{key_type} FROM exactly.claims, unnest(row_keys) AS c(key)
-                               WHERE rel = $1 AND leased_until > clock_timestamp())"
-            );
-            (statement(filter), vec![REGCLASS, int4])
-        }, &[rel, batch.into()]),
-        Some(after) => table.run(client, "pick after", &[key.attno, done.attno], |_| {
-            (statement(format!("t.{k} > $3::{key_type}")), vec![REGCLASS, int4, TEXT])
-        }, &[rel, batch.into(), after.into()]),
+    let filter = match look {
+        Look::AfterNewestClaim => format!(
+            "t.{k} > (SELECT max(row_keys[cardinality(row_keys)]::{key_type}) FROM exactly.claims
+                      WHERE rel = $1)"
+        ),
+        Look::Everywhere => format!(
+            "t.{k} NOT IN (SELECT c.key::{key_type} FROM exactly.claims, unnest(row_keys) AS c(key)
+                           WHERE rel = $1 AND leased_until > clock_timestamp())"
+        ),
     };
+    let purpose = match look {
+        Look::AfterNewestClaim => "pick after the newest claim",
+        Look::Everywhere => "pick",
+    };
+    let mut rows = table.run(
+        client,
+        purpose,
+        &[key.attno.into(), done.attno.into(), batch],
+        |_| (statement(filter), vec![REGCLASS]),
+        &[rel],
+    );
     let mut picked = vec![];
     while rows.next().is_some() {
         let key = rows.get::<String>(1).unwrap().unwrap();
@@ -254,7 +254,7 @@ fn complete_batch(claim: Option<Uuid>) -> i64 {
         let table = user_tables::open(relid);
         let (key, done) = (primary_key(&table), done_column_of(&table, &done_column));
         table
-            .run(client, "complete", &[key.attno, done.attno], |t| {
+            .run(client, "complete", &[key.attno.into(), done.attno.into()], |t| {
                 let (k, d) = (key.sql(), done.sql());
                 let sql = format!(
                     "UPDATE {} AS t SET {d} = now() WHERE t.{k} = ANY($1::{}[]) AND t.{d} IS NULL RETURNING 1",

@@ -60,20 +60,21 @@ fn find_or_create(
     }
     let key_values = values(&table, key_columns, &key, "key");
     // The common case, a row that exists: one index probe, no statement.
-    if let Some(row) = probe(&rel, &table, unique_key, &key_values) {
+    let probed = probe(&rel, &table, unique_key, &key_values);
+    if let Some(Some(row)) = probed {
         return TableIterator::once((row, false));
     }
     let default_values = values(&table, &default_columns, &defaults, "defaults");
     let insert_columns: Vec<i16> = key_columns.iter().chain(&default_columns).copied().collect();
     // which of the inserted columns are the key is part of the statement
-    let statement: Vec<i16> = key_columns.iter().chain(&[0]).chain(&default_columns).copied().collect();
+    let statement: Vec<i32> = key_columns.iter().chain(&[0]).chain(&default_columns).map(|&a| a.into()).collect();
     let insert_values: Vec<DatumWithOid> =
         key_values.iter().chain(&default_values).map(again).collect();
     // SAFETY: the current context is the caller's; rows are copied into it from SPI's.
     let outer = unsafe { pg_sys::CurrentMemoryContext };
     let found = Spi::connect_mut(|client| {
         for round in 0..MAX_ROUNDS {
-            if round > 0 {
+            if round > 0 || probed.is_none() {
                 if let Some(row) = json_of_first_row(outer, find(client, &table, key_columns, &key_values)) {
                     return (row, false);
                 }
@@ -132,7 +133,7 @@ fn increment(
         args.push(by.into());
         let mut columns = key_columns.clone();
         columns.push(counter.attno);
-        let statement: Vec<i16> = key_columns.iter().chain(&[0, counter.attno]).copied().collect();
+        let statement: Vec<i32> = key_columns.iter().chain(&[0, counter.attno]).map(|&a| a.into()).collect();
         let types_with_by = |t: &UserTable| {
             let mut types = types(t, &key_columns);
             types.push(NUMERIC);
@@ -179,7 +180,7 @@ fn find<'conn>(
     key_values: &[DatumWithOid],
 ) -> SpiTupleTable<'conn> {
     table
-        .run(client, "find", key_columns, |t| {
+        .run(client, "find", &key_columns.iter().map(|&a| a.into()).collect::<Vec<i32>>(), |t| {
             let sql = format!(
                 "SELECT to_jsonb(t) FROM {} AS t WHERE {}",
                 t.name,
@@ -212,9 +213,15 @@ fn json_of_first_row(context: pg_sys::MemoryContext, rows: SpiTupleTable<'_>) ->
 
 /// The row for the key, read straight through its unique index as a statement would (same
 /// snapshot rules, no executor start-up): the common case of `find_or_create` is one index
-/// probe. None when no row is visible, and when the caller's access must be checked by a
-/// statement instead (row-level security on the table, or only column privileges).
-fn probe(rel: &PgRelation, table: &UserTable, key: &UniqueKey, values: &[DatumWithOid]) -> Option<RowJson> {
+/// probe. Some(None) when no row is visible; None when a statement must look instead: the
+/// caller's access is checked by the statement (row-level security on the table, or only
+/// column privileges), or a partitioned table (its rows and indexes are its partitions').
+fn probe(
+    rel: &PgRelation,
+    table: &UserTable,
+    key: &UniqueKey,
+    values: &[DatumWithOid],
+) -> Option<Option<RowJson>> {
     let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
     // SAFETY: the relation is open and locked (the argument); the index is opened and locked
     // here and kept locked to the end of the transaction, as a statement would; the key
@@ -222,7 +229,8 @@ fn probe(rel: &PgRelation, table: &UserTable, key: &UniqueKey, values: &[DatumWi
     // snapshot is registered for the scan.
     unsafe {
         let relid = rel.oid();
-        if pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), pg_sys::ACL_SELECT as pg_sys::AclMode)
+        if table.partitioned
+            || pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), pg_sys::ACL_SELECT as pg_sys::AclMode)
             != pg_sys::AclResult::ACLCHECK_OK
             || pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true)
                 == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
@@ -260,7 +268,7 @@ fn probe(rel: &PgRelation, table: &UserTable, key: &UniqueKey, values: &[DatumWi
         pg_sys::index_endscan(scan);
         pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
         pg_sys::UnregisterSnapshot(snapshot);
-        row
+        Some(row)
     }
 }
 
@@ -518,6 +526,23 @@ mod tests {
         let call = "SELECT created FROM exactly.find_or_create('lower_keys', '{\"name\": \"Foo\"}')";
         assert_eq!(Spi::get_one::<bool>(call), Ok(Some(true)));
         Spi::run(call).unwrap();
+    }
+
+    #[pg_test]
+    fn a_partitioned_table_is_looked_up_by_a_statement() {
+        Spi::run(
+            "CREATE TABLE parted (region text, key text, n int DEFAULT 0, PRIMARY KEY (region, key))
+                 PARTITION BY LIST (region);
+             CREATE TABLE parted_eu PARTITION OF parted FOR VALUES IN ('eu');",
+        )
+        .unwrap();
+        let call = "SELECT data::text || ' ' || created FROM exactly.find_or_create('parted', '{\"region\": \"eu\", \"key\": \"k\"}')";
+        assert_eq!(text(call), r#"{"n": 0, "key": "k", "region": "eu"} true"#);
+        assert_eq!(text(call), r#"{"n": 0, "key": "k", "region": "eu"} false"#);
+        assert_eq!(
+            text("SELECT exactly.increment('parted', '{\"region\": \"eu\", \"key\": \"k\"}', 'n', 2)::text"),
+            "2"
+        );
     }
 
     #[pg_test]

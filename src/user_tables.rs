@@ -62,6 +62,8 @@ pub struct UserTable {
     pub name: String,
     /// The table's row type.
     pub row_type: pg_sys::Oid,
+    /// A partitioned table: its rows and indexes are its partitions'.
+    pub partitioned: bool,
     /// In attribute-number order; dropped columns left out.
     pub columns: Vec<Column>,
     /// The primary key first when there is one.
@@ -69,7 +71,7 @@ pub struct UserTable {
     has_primary_key: bool,
     /// Set by the invalidation callback; the next `open` reads the catalogs again.
     stale: Cell<bool>,
-    statements: RefCell<HashMap<(&'static str, Vec<i16>), Rc<OwnedPreparedStatement>>>,
+    statements: RefCell<HashMap<(&'static str, Vec<i32>), Rc<OwnedPreparedStatement>>>,
 }
 
 thread_local! {
@@ -199,6 +201,7 @@ fn read_relcache(relid: pg_sys::Oid) -> UserTable {
         UserTable {
             name,
             row_type: (*rel.rd_rel).reltype,
+            partitioned: kind == pg_sys::RELKIND_PARTITIONED_TABLE,
             columns,
             unique_keys,
             has_primary_key,
@@ -246,21 +249,22 @@ impl UserTable {
         format!("({})", names.join(", "))
     }
 
-    /// Run the statement `purpose` built for `columns` (several lists of columns are told apart
-/// by a 0 between them, never an attribute number), writing and preparing it with `build`
-    /// on first use (SQL text, parameter types) and keeping it while the table is unchanged.
+    /// Run the statement `purpose` built for `shape` (what its SQL is written from: column
+    /// numbers, lists of them told apart by a 0, which is never a column number, or a
+    /// number written into the SQL), writing and preparing it with `build` on first use
+    /// (SQL text, parameter types) and keeping it while the table is unchanged.
     pub fn run<'conn>(
         &self,
         client: &mut SpiClient<'conn>,
         purpose: &'static str,
-        columns: &[i16],
+        shape: &[i32],
         build: impl FnOnce(&Self) -> (String, Vec<PgOid>),
         args: &[pgrx::datum::DatumWithOid<'_>],
     ) -> SpiTupleTable<'conn> {
         let known = self
             .statements
             .borrow()
-            .get(&(purpose, columns.to_vec()))
+            .get(&(purpose, shape.to_vec()))
             .cloned();
         let statement = match known {
             Some(statement) => statement,
@@ -274,7 +278,7 @@ impl UserTable {
                 );
                 self.statements
                     .borrow_mut()
-                    .insert((purpose, columns.to_vec()), statement.clone());
+                    .insert((purpose, shape.to_vec()), statement.clone());
                 statement
             }
         };
