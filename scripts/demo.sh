@@ -64,6 +64,34 @@ pgbench -n -c 32 -j 2 -t 20 -f demo/ledger.pgbench ledger >/dev/null
 psql_quiet -d ledger -v payments=exactly.payments -f demo/ledger_proof.sql
 psql_quiet -d ledger -c "SELECT * FROM exactly.verify_ledger()"
 
+echo
+echo "== seed 002: counter caches found-or-created and counted by 1000 background jobs,"
+echo "   50 at a time, over 10 keys that do not exist yet (pgbench)"
+echo
+psql_quiet -c "CREATE DATABASE naive_counters" -c "CREATE DATABASE counters"
+echo "-- the seed's first attempt: find_or_create_by! (select, then insert) and value += 1"
+psql_quiet -d naive_counters -f demo/counters_naive.sql
+pgbench_run 20 demo/counters_naive.pgbench naive_counters
+psql_quiet -d naive_counters -f demo/counters_proof.sql
+echo "-- pg_exactly: exactly.find_or_create(...) and exactly.increment(...)"
+psql_quiet -d counters -f demo/counters_exactly.sql
+pgbench_run 20 demo/counters.pgbench counters
+psql_quiet -d counters -f demo/counters_proof.sql
+
+echo
+echo "== seed 003: 20,000 resources synced to a third party by 8 sync jobs at once,"
+echo "   100 per batch, 5 ms per third-party call (pgbench)"
+echo
+psql_quiet -c "CREATE DATABASE naive_sync" -c "CREATE DATABASE sync"
+echo "-- the seed's job before its fix: select pending, send, mark synced (no lock)"
+psql_quiet -d naive_sync -f demo/sync_setup.sql
+pgbench -n -c 8 -j 2 -t 30 -f demo/sync_naive.pgbench naive_sync >/dev/null
+psql_quiet -d naive_sync -f demo/sync_proof.sql
+echo "-- pg_exactly: exactly.claim_batch(...), send, exactly.complete_batch(claim); the 8 jobs run side by side"
+psql_quiet -d sync -c "CREATE EXTENSION pg_exactly" -f demo/sync_setup.sql
+pgbench -n -M prepared -c 8 -j 2 -t 30 -f demo/sync.pgbench sync >/dev/null
+psql_quiet -d sync -f demo/sync_proof.sql
+
 if [ "${KEEP_CLUSTER:-}" = 1 ]; then
     echo "The cluster is still running. Connect with:"
     echo "    psql -h $CLUSTER_DIR -U postgres exactly"
