@@ -3,21 +3,20 @@
 //! `find_or_create`, `increment` and the claims work on any table: their SQL is written per
 //! (table, columns) at the first call and prepared once, as PL/pgSQL would for a function
 //! written for that table. What the SQL is built from (the table's qualified name, its
-//! columns and types, its unique keys) is read from the catalogs once per backend and
+//! columns and types, its unique keys) is read from the relation cache once per backend and
 //! forgotten when the server says the table changed (a relcache invalidation: a column
 //! added, dropped, renamed or retyped, an index created or dropped), together with the
 //! statements built from it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::ffi::CStr;
 use std::rc::Rc;
 
-use std::ffi::CStr;
-
+use pgrx::callconv::{BoxRet, FcInfo};
 use pgrx::pg_sys::{self, PgOid};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
-use pgrx::callconv::{BoxRet, FcInfo};
 use pgrx::{PgList, PgMemoryContexts, PgRelation};
 
 use crate::errors::raise;
