@@ -112,9 +112,8 @@ fn claim_batch(
     let claimed = Spi::connect_mut(|client| {
         let table = user_tables::open(rel.oid());
         let (key, done) = (primary_key(&table), done_column_of(&table, done_column));
-        let relid = || rel.oid().into_datum();
-        // SAFETY (every arg below): a regclass datum is the relation's oid.
-        let rel_arg = || unsafe { spi_plans::arg(relid().unwrap(), pg_sys::REGCLASSOID) };
+        // SAFETY: a regclass datum is the relation's oid.
+        let rel_arg = || unsafe { spi_plans::arg(pg_sys::Datum::from(rel.oid()), pg_sys::REGCLASSOID) };
         // A round finds nothing to hold only when every row it picked went to claims that
         // committed after its first look; the next round's look sees those claims.
         for _ in 0..MAX_PICKS {

@@ -401,15 +401,13 @@ fn datum(column: &Column, value: &Value) -> DatumWithOid<'static> {
         other => other.to_string(),
     };
     let text = CString::new(text).expect("jsonb strings hold no NUL");
-    let (mut input, mut io_param) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
-    // SAFETY: the column's type exists (we read it from the catalogs in this transaction);
-    // a value its input function rejects raises that function's own error (e.g. 22P02).
+    // SAFETY: the column's input function, read with the table's description; a value it
+    // rejects raises that function's own error (e.g. 22P02).
     unsafe {
-        pg_sys::getTypeInputInfo(column.type_oid, &mut input, &mut io_param);
         let datum = pg_sys::OidInputFunctionCall(
-            input,
+            column.input_function,
             text.as_ptr() as *mut _,
-            io_param,
+            column.input_param,
             column.typmod,
         );
         DatumWithOid::new(datum, column.type_oid)

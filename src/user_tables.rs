@@ -28,6 +28,10 @@ pub struct Column {
     pub typmod: i32,
     /// The type under any domains: what kind of value the column holds.
     pub base_type: pg_sys::Oid,
+    /// The type's input function and its type parameter: how a value's text becomes a
+    /// value of the column (looked up once here, not on every call).
+    pub input_function: pg_sys::Oid,
+    pub input_param: pg_sys::Oid,
 }
 
 impl Column {
@@ -149,12 +153,18 @@ fn read_relcache(relid: pg_sys::Oid) -> UserTable {
             .tuple_desc()
             .iter()
             .filter(|att| !att.attisdropped)
-            .map(|att| Column {
-                name: att.name().to_string(),
-                attno: att.attnum,
-                type_oid: att.atttypid,
-                typmod: att.atttypmod,
-                base_type: pg_sys::getBaseType(att.atttypid),
+            .map(|att| {
+                let (mut input_function, mut input_param) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
+                pg_sys::getTypeInputInfo(att.atttypid, &mut input_function, &mut input_param);
+                Column {
+                    name: att.name().to_string(),
+                    attno: att.attnum,
+                    type_oid: att.atttypid,
+                    typmod: att.atttypmod,
+                    base_type: pg_sys::getBaseType(att.atttypid),
+                    input_function,
+                    input_param,
+                }
             })
             .collect();
         let mut has_primary_key = false;
