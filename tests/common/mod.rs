@@ -59,6 +59,11 @@ fn check(what: &str, out: Output) {
 impl Cluster {
     /// initdb + start a cluster with the extension created in database `postgres`.
     pub fn start() -> Cluster {
+        Cluster::start_with("")
+    }
+
+    /// `start` with extra server options, e.g. "-c fsync=on -c synchronous_commit=on".
+    pub fn start_with(extra_options: &str) -> Cluster {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "pg_exactly-test-{}-{}",
@@ -98,25 +103,109 @@ impl Cluster {
         );
         let options = format!(
             "-c listen_addresses='' -k {} -p {PORT} -c max_connections=200 -c fsync=off \
-             -c shared_buffers=128MB -c deadlock_timeout=100ms",
+             -c shared_buffers=128MB -c deadlock_timeout=100ms {extra_options}",
             dir.display()
         );
-        check(
-            "pg_ctl start",
-            server_command(&bin.join("pg_ctl"))
-                .args(["-w", "-t", "60", "-D"])
-                .arg(&data)
-                .arg("-l")
-                .arg(dir.join("server.log"))
-                .args(["-o", &options, "start"])
-                .output()
-                .unwrap(),
-        );
+        std::fs::write(dir.join("options"), &options).unwrap();
         let cluster = Cluster { dir, bin };
+        cluster.start_server();
         cluster.connect().batch_execute("CREATE EXTENSION pg_exactly").expect(
             "CREATE EXTENSION pg_exactly (is the extension installed? `cargo pgrx install` or `cargo pgrx test`)",
         );
         cluster
+    }
+
+    /// Start the cluster's server (again), with the options it was created with; waits
+    /// until it accepts connections (crash recovery included).
+    pub fn start_server(&self) {
+        let options = std::fs::read_to_string(self.dir.join("options")).unwrap();
+        check(
+            "pg_ctl start",
+            server_command(&self.bin.join("pg_ctl"))
+                .args(["-w", "-t", "120", "-D"])
+                .arg(self.dir.join("data"))
+                .arg("-l")
+                .arg(self.dir.join("server.log"))
+                .args(["-o", &options, "start"])
+                .output()
+                .unwrap(),
+        );
+    }
+
+    /// `pg_ctl stop -m immediate`: every backend quits at once, no checkpoint; the next start
+    /// runs crash recovery.
+    pub fn stop_immediate(&self) {
+        check(
+            "pg_ctl stop -m immediate",
+            server_command(&self.bin.join("pg_ctl"))
+                .args(["-w", "-m", "immediate", "-D"])
+                .arg(self.dir.join("data"))
+                .arg("stop")
+                .output()
+                .unwrap(),
+        );
+    }
+
+    /// The postmaster's pid (first line of postmaster.pid).
+    pub fn postmaster_pid(&self) -> i32 {
+        let pidfile = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).unwrap();
+        pidfile.lines().next().unwrap().trim().parse().unwrap()
+    }
+
+    /// `kill -9` of the postmaster (a process this test started), then of every backend it
+    /// left behind (children of that postmaster), and wait until all are gone: as after a
+    /// crash of the machine's server process, the next start runs crash recovery.
+    pub fn kill9(&self) {
+        let postmaster = self.postmaster_pid();
+        let children = Command::new("pgrep")
+            .args(["-P", &postmaster.to_string()])
+            .output()
+            .unwrap();
+        let _ = Command::new("kill").args(["-9", &postmaster.to_string()]).status();
+        for child in String::from_utf8_lossy(&children.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", child]).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = Command::new("pgrep")
+                .args(["-P", &postmaster.to_string()])
+                .output()
+                .unwrap();
+            let alive = Path::new(&format!("/proc/{postmaster}")).exists();
+            if !alive && left.stdout.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "postmaster {postmaster} did not go away");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The cluster's directory (socket, data/, server.log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The server's bin directory (psql, pg_ctl, pg_waldump, pg_isolation_regress's peers).
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The server log so far.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Connection settings for database `postgres` as `user` (created by the test; trust auth).
+    pub fn config_as(&self, user: &str) -> postgres::Config {
+        let mut config = self.config();
+        config.user(user);
+        config
+    }
+
+    pub fn connect_as(&self, user: &str) -> Client {
+        self.config_as(user)
+            .connect(NoTls)
+            .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
     }
 
     pub fn config(&self) -> postgres::Config {
