@@ -15,8 +15,10 @@ INSERT INTO resources (name) VALUES ('A'), ('B'), ('C');
 SELECT data FROM exactly.claim_batch('resources', 'synced_at', batch => 2);
 SELECT data FROM exactly.claim_batch('resources', 'synced_at', batch => 2);
 SELECT data FROM exactly.claim_batch('resources', 'synced_at', batch => 2);
-SELECT claim AS first_claim FROM exactly.claims WHERE row_keys = '{1,2}' \gset
-SELECT claim AS second_claim FROM exactly.claims WHERE row_keys = '{3}' \gset
+-- exactly.claims shows each live claim's rows by key
+SELECT keys, leased_until > now() AS live FROM exactly.claims ORDER BY claimed_at, claim;
+SELECT claim AS first_claim FROM exactly.claims WHERE keys = ARRAY['{"id": 1}', '{"id": 2}']::jsonb[] \gset
+SELECT claim AS second_claim FROM exactly.claims WHERE keys = ARRAY['{"id": 3}']::jsonb[] \gset
 
 -- After the third-party call: mark the claimed rows done. A claim completes once.
 SELECT exactly.complete_batch(:'first_claim');
@@ -26,7 +28,7 @@ SELECT exactly.complete_batch(:'first_claim');
 SELECT exactly.extend_claim(:'second_claim', '10 minutes');
 SELECT exactly.release_claim(:'second_claim');
 SELECT data FROM exactly.claim_batch('resources', 'synced_at');
-SELECT row_key, failed_attempts FROM exactly.claim_attempts;
+SELECT key, failed_attempts FROM exactly.claim_attempts;
 SELECT id, name, synced_at IS NOT NULL AS synced FROM resources ORDER BY id;
 
 -- The seed's advisory lock, held to the end of the transaction.

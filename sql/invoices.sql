@@ -19,3 +19,9 @@ COMMENT ON TABLE exactly.invoice_sequences IS
 
 -- Its rows are the users' data: pg_dump must dump them.
 SELECT pg_catalog.pg_extension_config_dump('exactly.invoice_sequences', '');
+
+-- BEFORE INSERT ... FOR EACH ROW EXECUTE FUNCTION
+-- exactly.assign_invoice_number('tenant_column', 'number_column'): src/invoices.rs.
+CREATE FUNCTION exactly.assign_invoice_number() RETURNS trigger
+LANGUAGE c SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'assign_invoice_number_wrapper';

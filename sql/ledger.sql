@@ -40,42 +40,50 @@ SELECT pg_catalog.pg_extension_config_dump('exactly.payments_id_seq', '');
 
 -- Check every entry's running balance against its predecessor's, and each account's
 -- balance and entry count against its entries. One row per account (only `account`'s when
--- given); detail names the first fault found.
+-- given); detail names the first fault found. Every name is schema-qualified, operators
+-- included, and the search_path is pinned: nothing anyone creates elsewhere runs in here.
 CREATE FUNCTION exactly.verify_ledger(account text DEFAULT NULL)
 RETURNS TABLE (account text, ok boolean, detail text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH entries AS (
         SELECT p.account, p.id, p.amount, p.running_balance,
-               coalesce(lag(p.running_balance) OVER w, 0) AS previous,
-               count(*) OVER w AS position
+               COALESCE(pg_catalog.lag(p.running_balance) OVER w, 0) AS previous,
+               pg_catalog.count(*) OVER w AS position
         FROM exactly.payments p
-        WHERE $1 IS NULL OR p.account = $1
+        WHERE $1 IS NULL OR p.account OPERATOR(pg_catalog.=) $1
         WINDOW w AS (PARTITION BY p.account ORDER BY p.id)
     ),
     per_account AS (
         SELECT e.account,
-               count(*) AS entries,
-               (array_agg(e.running_balance ORDER BY e.id DESC))[1] AS last_balance,
-               min(e.id) FILTER (WHERE e.running_balance <> e.previous + e.amount) AS first_bad
+               pg_catalog.count(*) AS entries,
+               (pg_catalog.array_agg(e.running_balance ORDER BY e.id DESC))[1] AS last_balance,
+               pg_catalog.min(e.id) FILTER (
+                   WHERE e.running_balance OPERATOR(pg_catalog.<>)
+                         (e.previous OPERATOR(pg_catalog.+) e.amount)) AS first_bad
         FROM entries e GROUP BY e.account
     )
     SELECT a.account,
-           b.first_bad IS NULL AND a.balance = coalesce(b.last_balance, 0)
-               AND a.entries = coalesce(b.entries, 0) AS ok,
+           b.first_bad IS NULL
+               AND a.balance OPERATOR(pg_catalog.=) COALESCE(b.last_balance, 0)
+               AND a.entries OPERATOR(pg_catalog.=) COALESCE(b.entries, 0) AS ok,
            CASE
                WHEN b.first_bad IS NOT NULL THEN
-                   (SELECT format('entry %s: running_balance %s, but previous %s + amount %s = %s',
-                                  e.id, e.running_balance, e.previous, e.amount, e.previous + e.amount)
-                    FROM entries e WHERE e.account = a.account AND e.id = b.first_bad)
-               WHEN a.balance <> coalesce(b.last_balance, 0) THEN
-                   format('balance %s, but the last entry''s running_balance is %s', a.balance, coalesce(b.last_balance, 0))
-               WHEN a.entries <> coalesce(b.entries, 0) THEN
-                   format('entries %s, but %s entries exist', a.entries, coalesce(b.entries, 0))
-               ELSE format('%s entries, balance %s', a.entries, a.balance)
+                   (SELECT pg_catalog.format('entry %s: running_balance %s, but previous %s + amount %s = %s',
+                                  e.id, e.running_balance, e.previous, e.amount,
+                                  e.previous OPERATOR(pg_catalog.+) e.amount)
+                    FROM entries e
+                    WHERE e.account OPERATOR(pg_catalog.=) a.account
+                      AND e.id OPERATOR(pg_catalog.=) b.first_bad)
+               WHEN a.balance OPERATOR(pg_catalog.<>) COALESCE(b.last_balance, 0) THEN
+                   pg_catalog.format('balance %s, but the last entry''s running_balance is %s',
+                                     a.balance, COALESCE(b.last_balance, 0))
+               WHEN a.entries OPERATOR(pg_catalog.<>) COALESCE(b.entries, 0) THEN
+                   pg_catalog.format('entries %s, but %s entries exist', a.entries, COALESCE(b.entries, 0))
+               ELSE pg_catalog.format('%s entries, balance %s', a.entries, a.balance)
            END AS detail
     FROM exactly.accounts a
-    LEFT JOIN per_account b ON b.account = a.account
-    WHERE $1 IS NULL OR a.account = $1
+    LEFT JOIN per_account b ON b.account OPERATOR(pg_catalog.=) a.account
+    WHERE $1 IS NULL OR a.account OPERATOR(pg_catalog.=) $1
     ORDER BY a.account
 $$;
 
@@ -89,3 +97,33 @@ CREATE TABLE exactly.table_balances (
     PRIMARY KEY (rel, account)
 ) WITH (fillfactor = 50);
 SELECT pg_catalog.pg_extension_config_dump('exactly.table_balances', '');
+
+-- BEFORE INSERT OR UPDATE OR DELETE ... FOR EACH ROW EXECUTE FUNCTION
+-- exactly.maintain_running_balance('amount_column', 'running_balance_column'[, 'account_column']):
+-- src/ledger.rs.
+CREATE FUNCTION exactly.maintain_running_balance() RETURNS trigger
+LANGUAGE c SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'maintain_running_balance_wrapper';
+
+-- An application may insert an account beforehand to set its limit (exactly.grant_usage
+-- lets it insert `account` and `min_balance`, nothing else): refuse what could never be a
+-- limit. Only on INSERT: the balance updates every append makes pay nothing for it (a CHECK
+-- constraint would be evaluated on each of them).
+CREATE FUNCTION exactly.check_new_account() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.account OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION 'account must not be an empty string'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'name the account, e.g. ''alice''';
+    END IF;
+    IF NEW.min_balance IS NOT NULL
+       AND (NEW.min_balance OPERATOR(pg_catalog.=) 'NaN'::pg_catalog.numeric
+            OR pg_catalog.abs(NEW.min_balance) OPERATOR(pg_catalog.=) 'Infinity'::pg_catalog.numeric) THEN
+        RAISE EXCEPTION 'min_balance must be a finite number or NULL, not %', NEW.min_balance
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'NULL means no limit; 0 forbids a negative balance';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER check_new_account BEFORE INSERT ON exactly.accounts
+    FOR EACH ROW EXECUTE FUNCTION exactly.check_new_account();

@@ -43,9 +43,10 @@ SELECT pg_catalog.pg_extension_config_dump('exactly.tickets_id_seq', '');
 
 -- Forget batch keys older than `older_than`. A job retried after its key was purged would
 -- create its batch again (still never more than the raffle requested): keep keys for longer
--- than any job can be retried.
+-- than any job can be retried. SECURITY DEFINER: batch keys are state that only
+-- pg_exactly's functions write, so this one deletes them as the extension's owner.
 CREATE FUNCTION exactly.purge_ticket_batches(older_than interval) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     purged bigint;
 BEGIN
@@ -53,7 +54,8 @@ BEGIN
         RAISE EXCEPTION 'argument "older_than" must not be NULL'
             USING ERRCODE = 'null_value_not_allowed', HINT = 'e.g. exactly.purge_ticket_batches(''30 days'')';
     END IF;
-    DELETE FROM exactly.ticket_batches WHERE created_at < now() - older_than;
+    DELETE FROM exactly.ticket_batches b
+    WHERE b.created_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) older_than);
     GET DIAGNOSTICS purged = ROW_COUNT;
     RETURN purged;
 END $$;

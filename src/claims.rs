@@ -6,6 +6,13 @@
 //! lease), so it outlives the claiming transaction and works behind a transaction-pooling
 //! PgBouncer: a worker claims, commits, calls the third party, completes.
 //!
+//! Keys are kept as values of their own type, never as display text: a claim records each
+//! row's primary key in its stored form (`UniqueKey::image`: the bytes the server stores,
+//! whatever DateStyle, TimeZone or extra_float_digits say), compares those bytes only with
+//! other images of the same rows, and turns them back into typed values to find the rows
+//! again, compared by the primary key's own operator classes. Keys of any type with a btree
+//! operator class, and of several columns, work alike.
+//!
 //! Why a row is never in two live claims:
 //! - claimers lock the rows they pick (`FOR NO KEY UPDATE SKIP LOCKED`): two claimers at
 //!   the same moment skip each other's rows instead of waiting;
@@ -17,6 +24,13 @@
 //!   completes only by deleting its own claim row while its lease still runs: the two
 //!   delete the same row, so exactly one of them wins.
 //!
+//! Why claims never deadlock with pg_exactly's other functions: a claimer never waits (its
+//! row locks and its taking back of expired claims skip what is locked), and afterwards its
+//! transaction waits for no lock of ours (`xact_lock::hold_rows_outside_the_order`). A
+//! completion locks its rows without waiting, in a subtransaction; when one is busy it
+//! rolls that back, holding nothing, and only then waits for the busy row's holder (or, if
+//! its transaction already holds locks of ours, fails at once with 40001).
+//!
 //! Where a claim looks: rows are handed out in key order, so the pending rows after the
 //! newest claimed key are held by no claim, and a claim looks there first. Looking at every
 //! pending row means passing every row live claims hold (16 workers x 100 rows), so it is
@@ -24,21 +38,27 @@
 //! is how rows given back behind the newest claim come round again.
 
 use std::cell::Cell;
+use std::cmp::Ordering;
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 
 use pgrx::datum::{DatumWithOid, Interval};
 use pgrx::pg_sys::{self, PgOid};
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
-use pgrx::{PgBuiltInOids, PgRelation, Uuid};
+use pgrx::spi::{SpiClient, SpiTupleTable};
+use pgrx::{PgBuiltInOids, Uuid};
 
 use crate::errors::{raise, required};
 use crate::spi_plans;
-use crate::user_tables::{self, Column, RowJson, UserTable};
+use crate::subtransaction;
+use crate::user_tables::{self, Column, RelArg, RowJson, UniqueKey, UserTable};
+use crate::xact_lock;
 
-const REGCLASS: PgOid = PgOid::BuiltIn(PgBuiltInOids::REGCLASSOID);
+const OID: PgOid = PgOid::BuiltIn(PgBuiltInOids::OIDOID);
+const OID_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::OIDARRAYOID);
 const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
-const TEXT_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
+const BYTEA_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::BYTEAARRAYOID);
+const JSONB_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::JSONBARRAYOID);
 const INTERVAL: PgOid = PgOid::BuiltIn(PgBuiltInOids::INTERVALOID);
 const UUID: PgOid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
 
@@ -50,52 +70,86 @@ const MAX_PICKS: usize = 8;
 /// See `full_look_due`.
 const FULL_LOOK_EVERY: u32 = 16;
 
+/// The last (greatest) key of each claim of the table recorded with today's key types.
+const LAST_KEYS: &str = "SELECT c.row_keys[pg_catalog.array_upper(c.row_keys, 1)]
+    FROM exactly.claims c
+    WHERE c.rel OPERATOR(pg_catalog.=) $1 AND c.key_types OPERATOR(pg_catalog.=) $2";
+/// The keys the table's live claims hold.
+const LIVE_KEYS: &str = "SELECT k.image
+    FROM exactly.claims c, pg_catalog.unnest(c.row_keys) AS k(image)
+    WHERE c.rel OPERATOR(pg_catalog.=) $1 AND c.key_types OPERATOR(pg_catalog.=) $2
+      AND c.leased_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()";
 /// Delete the table's claims whose lease ran out (their rows are pending again) and count
-/// a failed attempt for each of their rows. Done before every look at the rows before the
-/// newest claim (only such a look can hand those rows out again).
-const TAKE_BACK_EXPIRED: &str = "WITH expired AS (
-        DELETE FROM exactly.claims WHERE rel = $1 AND leased_until <= clock_timestamp()
-        RETURNING row_keys)
-    INSERT INTO exactly.claim_attempts AS a (rel, row_key, failed_attempts, last_failed_at)
-    SELECT $1, k, count(*), clock_timestamp() FROM expired, unnest(row_keys) k GROUP BY k
+/// a failed attempt for each of their rows. Claims another transaction is ending are left
+/// to it: taking back never waits.
+const TAKE_BACK_EXPIRED: &str = "WITH due AS (
+        SELECT x.claim FROM exactly.claims x
+        WHERE x.rel OPERATOR(pg_catalog.=) $1
+          AND x.leased_until OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()
+        FOR UPDATE SKIP LOCKED),
+    expired AS (
+        DELETE FROM exactly.claims c USING due d WHERE c.claim OPERATOR(pg_catalog.=) d.claim
+        RETURNING c.rel, c.row_keys, c.keys)
+    INSERT INTO exactly.claim_attempts AS a (rel, row_key, key, failed_attempts, last_failed_at)
+    SELECT e.rel, k.image,
+           (pg_catalog.array_agg(COALESCE(e.keys[k.n::pg_catalog.int4], 'null'::pg_catalog.jsonb)))[1],
+           pg_catalog.count(*), pg_catalog.clock_timestamp()
+    FROM expired e, pg_catalog.unnest(e.row_keys) WITH ORDINALITY AS k(image, n)
+    WHERE k.image IS NOT NULL
+    GROUP BY e.rel, k.image
     ON CONFLICT (rel, row_key) DO UPDATE
-    SET failed_attempts = a.failed_attempts + excluded.failed_attempts,
+    SET failed_attempts = a.failed_attempts OPERATOR(pg_catalog.+) excluded.failed_attempts,
         last_failed_at = excluded.last_failed_at";
-/// Write the claim for the picked rows ($3) that no live claim holds, seen afresh.
-const WRITE_CLAIM: &str =
-    "INSERT INTO exactly.claims (claim, rel, done_column, row_keys, leased_until)
-    SELECT gen_random_uuid(), $1, $2, array_agg(k ORDER BY o), clock_timestamp() + $4
-    FROM unnest($3::text[]) WITH ORDINALITY AS picked(k, o)
-    WHERE k NOT IN (SELECT unnest(c.row_keys) FROM exactly.claims c
-                    WHERE c.rel = $1 AND c.leased_until > clock_timestamp())
-    HAVING count(*) > 0
+/// Write the claim for the picked rows ($3 their keys' images, $4 the keys as JSON) that no
+/// live claim holds, seen afresh.
+const WRITE_CLAIM: &str = "INSERT INTO exactly.claims
+        (claim, rel, done_column, row_keys, keys, key_types, leased_until)
+    SELECT pg_catalog.gen_random_uuid(), $1, $2, pg_catalog.array_agg(p.image ORDER BY p.n),
+           pg_catalog.array_agg(p.key ORDER BY p.n), $5,
+           pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) $6
+    FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4)) WITH ORDINALITY AS p(image, key, n)
+    WHERE NOT (p.image OPERATOR(pg_catalog.=) ANY (
+        SELECT h.image FROM exactly.claims c, pg_catalog.unnest(c.row_keys) AS h(image)
+        WHERE c.rel OPERATOR(pg_catalog.=) $1
+          AND c.leased_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()))
+    HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 0
     RETURNING claim, row_keys";
-/// End a live claim: its table, done column and rows; nothing when it is stale.
-const END_CLAIM: &str = "DELETE FROM exactly.claims
-    WHERE claim = $1 AND leased_until > clock_timestamp()
-    RETURNING rel, done_column, row_keys";
-const EXTEND: &str = "UPDATE exactly.claims SET leased_until = clock_timestamp() + $2
-    WHERE claim = $1 AND leased_until > clock_timestamp()
-    RETURNING cardinality(row_keys)::bigint";
+/// End a live claim: its table, done column, rows and key types; nothing when it is stale.
+const END_CLAIM: &str = "DELETE FROM exactly.claims c
+    WHERE c.claim OPERATOR(pg_catalog.=) $1
+      AND c.leased_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
+    RETURNING c.rel, c.done_column, c.row_keys, c.key_types";
+const EXTEND: &str = "UPDATE exactly.claims c
+    SET leased_until = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) $2
+    WHERE c.claim OPERATOR(pg_catalog.=) $1
+      AND c.leased_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
+    RETURNING pg_catalog.cardinality(c.row_keys)::pg_catalog.int8";
 const RELEASE: &str = "WITH released AS (
-        DELETE FROM exactly.claims WHERE claim = $1 AND leased_until > clock_timestamp()
-        RETURNING rel, row_keys)
-    INSERT INTO exactly.claim_attempts AS a (rel, row_key, failed_attempts, last_failed_at)
-    SELECT rel, k, 1, clock_timestamp() FROM released, unnest(row_keys) k
+        DELETE FROM exactly.claims c
+        WHERE c.claim OPERATOR(pg_catalog.=) $1
+          AND c.leased_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
+        RETURNING c.rel, c.row_keys, c.keys)
+    INSERT INTO exactly.claim_attempts AS a (rel, row_key, key, failed_attempts, last_failed_at)
+    SELECT r.rel, k.image, COALESCE(r.keys[k.n::pg_catalog.int4], 'null'::pg_catalog.jsonb), 1,
+           pg_catalog.clock_timestamp()
+    FROM released r, pg_catalog.unnest(r.row_keys) WITH ORDINALITY AS k(image, n)
+    WHERE k.image IS NOT NULL
     ON CONFLICT (rel, row_key) DO UPDATE
-    SET failed_attempts = a.failed_attempts + 1, last_failed_at = excluded.last_failed_at
+    SET failed_attempts = a.failed_attempts OPERATOR(pg_catalog.+) 1,
+        last_failed_at = excluded.last_failed_at
     RETURNING 1";
 
 /// Hand up to `batch` pending rows of `rel` (`done_column IS NULL`, held by no live claim)
 /// to a new claim for `lease`; one result row per claimed row, none when nothing is pending.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn claim_batch(
-    rel: Option<PgRelation>,
+    rel: Option<RelArg>,
     done_column: Option<&str>,
     batch: default!(Option<i32>, 100),
     lease: default!(Option<Interval>, "'5 minutes'"),
 ) -> TableIterator<'static, (name!(claim, Uuid), name!(data, RowJson))> {
-    let rel = required(rel, "rel");
+    let rel = required(rel, "rel").open();
     let done_column = required(done_column, "done_column");
     let batch = required(batch, "batch");
     let lease = required(lease, "lease");
@@ -107,47 +161,67 @@ fn claim_batch(
         );
     }
     check_lease(&lease);
+    let table = user_tables::open(rel.oid());
+    let key = primary_key(&table);
+    let done = done_column_of(&table, key, done_column);
+    let key_types = key_types(&table, key);
     // SAFETY: the current context is the caller's; rows are copied into it from SPI's.
     let outer = unsafe { pg_sys::CurrentMemoryContext };
     let claimed = Spi::connect_mut(|client| {
-        let table = user_tables::open(rel.oid());
-        let (key, done) = (primary_key(&table), done_column_of(&table, done_column));
-        // SAFETY: a regclass datum is the relation's oid.
-        let rel_arg = || unsafe { spi_plans::arg(pg_sys::Datum::from(rel.oid()), pg_sys::REGCLASSOID) };
+        let relid = rel.oid();
         // A round finds nothing to hold only when every row it picked went to claims that
         // committed after its first look; the next round's look sees those claims.
         for _ in 0..MAX_PICKS {
-            let mut full_look = full_look_due();
-            let mut picked = vec![];
-            if !full_look {
-                picked = pick(client, &table, key, done, (rel_arg(), batch, Look::AfterNewestClaim), outer);
-                // little after the newest claim: look at every pending row
-                full_look = picked.len() < batch as usize;
+            let mut picked = None;
+            if !full_look_due() {
+                if let Some(newest) = newest_claimed_key(client, &table, key, relid, &key_types) {
+                    let rows = pick(client, &table, key, done, batch, Look::After(newest), outer);
+                    // little after the newest claim: look at every pending row
+                    picked = (rows.len() == batch as usize).then_some(rows);
+                }
             }
-            if full_look {
-                spi_plans::run(client, TAKE_BACK_EXPIRED, &[REGCLASS], &[rel_arg()]);
-                picked = pick(client, &table, key, done, (rel_arg(), batch, Look::Everywhere), outer);
-            }
+            let picked = match picked {
+                Some(rows) => rows,
+                None => {
+                    spi_plans::run_as_owner(client, TAKE_BACK_EXPIRED, &[OID], &[relid.into()]);
+                    let live = live_claimed_keys(client, &table, key, relid, &key_types);
+                    pick(client, &table, key, done, batch, Look::Everywhere(live), outer)
+                }
+            };
             if picked.is_empty() {
                 return vec![];
             }
-            let keys: Vec<String> = picked.iter().map(|(k, _)| k.clone()).collect();
-            let written = spi_plans::run(
+            // Our transaction now holds row locks outside pg_exactly's lock order.
+            xact_lock::hold_rows_outside_the_order();
+            let images: Vec<Vec<u8>> = picked.iter().map(|row| row.image.clone()).collect();
+            let displays: Vec<pg_sys::Datum> = picked.iter().map(|row| row.display).collect();
+            // SAFETY: jsonb datums of the pick's result, copied into the array.
+            let displays = unsafe { array_of(&displays, pg_sys::JSONBOID) };
+            let args = [
+                relid.into(),
+                done_column.into(),
+                images.into(),
+                // SAFETY: a jsonb[] built just above, alive for the statement.
+                unsafe { spi_plans::arg(displays, pg_sys::JSONBARRAYOID) },
+                key_types.clone().into(),
+                lease.into(),
+            ];
+            let written = spi_plans::run_as_owner(
                 client,
                 WRITE_CLAIM,
-                &[REGCLASS, TEXT, TEXT_ARRAY, INTERVAL],
-                &[rel_arg(), done_column.into(), keys.into(), lease.into()],
+                &[OID, TEXT, BYTEA_ARRAY, JSONB_ARRAY, OID_ARRAY, INTERVAL],
+                &args,
             );
             if written.is_empty() {
                 continue;
             }
             let row = written.first();
             let claim: Uuid = row.get(1).unwrap().unwrap();
-            let held: HashSet<String> = row.get::<Vec<String>>(2).unwrap().unwrap().into_iter().collect();
+            let held: HashSet<Vec<u8>> = images_of(row.get::<Array<&[u8]>>(2).unwrap().unwrap());
             return picked
                 .into_iter()
-                .filter(|(k, _)| held.contains(k))
-                .map(|(_, data)| (claim, data))
+                .filter(|row| held.contains(&row.image))
+                .map(|row| (claim, row.data))
                 .collect();
         }
         vec![]
@@ -174,112 +248,464 @@ fn full_look_due() -> bool {
 
 /// Where `pick` looks for pending rows.
 enum Look {
-    /// After the highest key any claim of the table holds, live or expired: claims hand out
-    /// rows in key order, so the rows there are held by no claim, and rows of an expired
-    /// claim are left to a full look, which takes the claim back first.
-    AfterNewestClaim,
-    /// Every pending row no live claim holds (after expired claims were taken back).
-    Everywhere,
+    /// After the greatest key any claim of the table holds, live or expired (its values, in
+    /// index order): claims hand out rows in key order, so the rows there are held by no
+    /// claim, and rows of an expired claim are left to a full look, which takes the claim
+    /// back first.
+    After(Vec<pg_sys::Datum>),
+    /// Every pending row no live claim holds (the live claims' keys: one array per key
+    /// column, in index order), after expired claims were taken back.
+    Everywhere(Vec<pg_sys::Datum>),
 }
 
-/// Lock and return (key, row as jsonb) of up to `batch` pending rows in key order, skipping
-/// rows other claimers are locking right now.
+/// A row a claim picked and locked.
+struct Picked {
+    /// Its primary key's stored form.
+    image: Vec<u8>,
+    /// Its key as a JSON object, in SPI's memory (for the claim row).
+    display: pg_sys::Datum,
+    /// The row as jsonb, in the caller's memory.
+    data: RowJson,
+}
+
+/// Lock and return up to `batch` pending rows in key order, skipping rows other claimers
+/// are locking right now.
 fn pick(
     client: &mut SpiClient<'_>,
     table: &UserTable,
-    key: &Column,
+    key: &UniqueKey,
     done: &Column,
-    (rel, batch, look): (DatumWithOid<'_>, i32, Look),
+    batch: i32,
+    look: Look,
     outer: pg_sys::MemoryContext,
-) -> Vec<(String, RowJson)> {
-    let (k, d, key_type) = (key.sql(), done.sql(), key.type_sql());
+) -> Vec<Picked> {
+    let columns: Vec<String> = key.parts.iter().map(|p| format!("t.{}", table.by_attno(p.attno).sql())).collect();
+    let (k, d) = (columns.join(", "), done.sql());
+    let display: Vec<String> = key
+        .parts
+        .iter()
+        .map(|p| {
+            let column = table.by_attno(p.attno);
+            format!("{}, t.{}", sql_literal(&column.name), column.sql())
+        })
+        .collect();
     // Rows are converted to jsonb only once locked: a row skipped costs no conversion. The
     // batch size is written into the SQL: with a LIMIT parameter the planner prices the
     // kept plan for a tenth of the table and plans every call afresh instead.
     let statement = |filter: String| {
         format!(
             "WITH picked AS (
-                 SELECT t.ctid FROM {table} AS t
+                 SELECT t.tableoid, t.ctid FROM {table} AS t
                  WHERE t.{d} IS NULL AND {filter}
-                 ORDER BY t.{k} LIMIT {batch}
+                 ORDER BY {k} LIMIT {batch}
                  FOR NO KEY UPDATE OF t SKIP LOCKED)
-             SELECT t.{k}::text, to_jsonb(t) FROM {table} AS t
-             WHERE t.ctid = ANY (ARRAY(SELECT ctid FROM picked))
-             ORDER BY t.{k}",
-            table = table.name
+             SELECT {k}, pg_catalog.jsonb_build_object({display}), pg_catalog.to_jsonb(t.*)
+             FROM {table} AS t
+             WHERE {picked}
+             ORDER BY {k}",
+            table = table.name,
+            display = display.join(", "),
+            picked = among_rows(table, "t", "picked"),
         )
     };
-    let filter = match look {
-        Look::AfterNewestClaim => format!(
-            "t.{k} > (SELECT max(row_keys[cardinality(row_keys)]::{key_type}) FROM exactly.claims
-                      WHERE rel = $1)"
-        ),
-        Look::Everywhere => format!(
-            "t.{k} NOT IN (SELECT c.key::{key_type} FROM exactly.claims, unnest(row_keys) AS c(key)
-                           WHERE rel = $1 AND leased_until > clock_timestamp())"
-        ),
+    let (purpose, values, element_types) = match look {
+        Look::After(values) => ("pick after the newest claim", values, false),
+        Look::Everywhere(arrays) => ("pick", arrays, true),
     };
-    let purpose = match look {
-        Look::AfterNewestClaim => "pick after the newest claim",
-        Look::Everywhere => "pick",
-    };
+    let types: Vec<PgOid> = key
+        .parts
+        .iter()
+        .map(|p| {
+            let column = table.by_attno(p.attno).type_oid;
+            // SAFETY: a catalog lookup; the key's types have array types (key_types checks).
+            PgOid::from(if element_types { unsafe { pg_sys::get_array_type(column) } } else { column })
+        })
+        .collect();
+    let args: Vec<DatumWithOid> = values
+        .iter()
+        .zip(&types)
+        // SAFETY: datums of those types, alive in SPI's memory for the statement.
+        .map(|(&datum, &type_oid)| unsafe { spi_plans::arg(datum, type_oid.value()) })
+        .collect();
+    let mut shape = vec![done.attno.into(), batch];
+    shape.extend(key.parts.iter().map(|p| i32::from(p.attno)));
     let mut rows = table.run(
         client,
         purpose,
-        &[key.attno.into(), done.attno.into(), batch],
-        |_| (statement(filter), vec![REGCLASS]),
-        &[rel],
+        &shape,
+        |_| {
+            let filter = if element_types {
+                not_held(table, key, "t")
+            } else {
+                after(table, key, "t")
+            };
+            (statement(filter), types.clone())
+        },
+        &args,
     );
+    let n = key.parts.len();
     let mut picked = vec![];
     while rows.next().is_some() {
-        let key = rows.get::<String>(1).unwrap().unwrap();
-        // SAFETY: column 2 is to_jsonb(t).
-        let data = unsafe { RowJson::copy(outer, rows.get_datum_by_ordinal(2).unwrap().unwrap()) };
-        picked.push((key, data));
+        let values: Vec<pg_sys::Datum> = (1..=n)
+            .map(|i| rows.get_datum_by_ordinal(i).unwrap().expect("primary keys are never NULL"))
+            .collect();
+        // SAFETY: the key's values in index order; column n+1 is the key as JSON, n+2 the row.
+        let picked_row = unsafe {
+            Picked {
+                image: key.image(table, &values),
+                display: rows.get_datum_by_ordinal(n + 1).unwrap().unwrap(),
+                data: RowJson::copy(outer, rows.get_datum_by_ordinal(n + 2).unwrap().unwrap()),
+            }
+        };
+        picked.push(picked_row);
     }
     picked
+}
+
+/// SQL: the row `alias` is one of the rows (tableoid, ctid) of CTE `rows`. A TID scan finds
+/// them; a partitioned table's partitions each have their own ctids, so there the
+/// partition must match too.
+fn among_rows(table: &UserTable, alias: &str, rows: &str) -> String {
+    let by_ctid =
+        format!("{alias}.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT r.ctid FROM {rows} AS r))");
+    if table.partitioned {
+        format!(
+            "{by_ctid} AND ({alias}.tableoid, {alias}.ctid) OPERATOR(pg_catalog.=) ANY \
+             (SELECT r.tableoid, r.ctid FROM {rows} AS r)"
+        )
+    } else {
+        by_ctid
+    }
+}
+
+/// SQL: `alias`'s key comes after the key in parameters $1.., in the key's order (the
+/// first column's bound lets the index scan start there).
+fn after(table: &UserTable, key: &UniqueKey, alias: &str) -> String {
+    let column = |p: &user_tables::KeyPart| format!("{alias}.{}", table.by_attno(p.attno).sql());
+    let param = |i: usize| format!("${}", i + 1);
+    let greater: Vec<String> = (0..key.parts.len())
+        .map(|i| {
+            let mut terms: Vec<String> =
+                (0..i).map(|j| key.parts[j].eq_sql(&column(&key.parts[j]), &param(j))).collect();
+            terms.push(key.parts[i].gt_sql(&column(&key.parts[i]), &param(i)));
+            format!("({})", terms.join(" AND "))
+        })
+        .collect();
+    if key.parts.len() == 1 {
+        greater[0].clone()
+    } else {
+        let first = &key.parts[0];
+        format!("{} AND ({})", first.ge_sql(&column(first), "$1"), greater.join(" OR "))
+    }
+}
+
+/// SQL: `alias`'s key is none of the keys in parameters $1.. (one array per key column).
+fn not_held(table: &UserTable, key: &UniqueKey, alias: &str) -> String {
+    let held = held_keys(key);
+    let parts = &key.parts;
+    if parts.iter().all(|p| p.eq == parts[0].eq) {
+        // one operator for every column: a hashed row-wise NOT IN
+        let ours: Vec<String> = parts
+            .iter()
+            .map(|p| format!("({alias}.{}){}", table.by_attno(p.attno).sql(), p.cast))
+            .collect();
+        let theirs: Vec<String> = parts.iter().enumerate().map(|(i, p)| format!("(h.k{i}){}", p.cast)).collect();
+        format!(
+            "NOT (({}) {} ANY (SELECT {} FROM {held}))",
+            ours.join(", "),
+            parts[0].eq,
+            theirs.join(", ")
+        )
+    } else {
+        let equal: Vec<String> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.eq_sql(&format!("{alias}.{}", table.by_attno(p.attno).sql()), &format!("h.k{i}")))
+            .collect();
+        format!("NOT EXISTS (SELECT 1 FROM {held} WHERE {})", equal.join(" AND "))
+    }
+}
+
+/// SQL: the rows of parameter arrays $1.. as `h(k0, k1, ...)`.
+fn held_keys(key: &UniqueKey) -> String {
+    let arrays: Vec<String> = (1..=key.parts.len()).map(|i| format!("pg_catalog.unnest(${i})")).collect();
+    let names: Vec<String> = (0..key.parts.len()).map(|i| format!("k{i}")).collect();
+    format!("ROWS FROM ({}) AS h({})", arrays.join(", "), names.join(", "))
+}
+
+/// The greatest key any claim of the table holds (the last of each claim's keys), as values
+/// in index order; None when the table has no claims.
+fn newest_claimed_key(
+    client: &mut SpiClient<'_>,
+    table: &UserTable,
+    key: &UniqueKey,
+    relid: pg_sys::Oid,
+    key_types: &[pg_sys::Oid],
+) -> Option<Vec<pg_sys::Datum>> {
+    let rows = spi_plans::run_as_owner(client, LAST_KEYS, &[OID, OID_ARRAY], &[relid.into(), key_types.to_vec().into()]);
+    rows.filter_map(|row| row.get::<Vec<u8>>(1).ok().flatten())
+        .filter_map(|image| key.values_of_image(table, &image))
+        .max_by(|a, b| compare_keys(key, a, b))
+}
+
+/// The keys the table's live claims hold, as one array per key column (index order).
+fn live_claimed_keys(
+    client: &mut SpiClient<'_>,
+    table: &UserTable,
+    key: &UniqueKey,
+    relid: pg_sys::Oid,
+    key_types: &[pg_sys::Oid],
+) -> Vec<pg_sys::Datum> {
+    let rows = spi_plans::run_as_owner(client, LIVE_KEYS, &[OID, OID_ARRAY], &[relid.into(), key_types.to_vec().into()]);
+    let keys: Vec<Vec<pg_sys::Datum>> = rows
+        .filter_map(|row| row.get::<Vec<u8>>(1).ok().flatten())
+        .filter_map(|image| key.values_of_image(table, &image))
+        .collect();
+    key_arrays(table, key, &keys)
+}
+
+/// Keys (each its values in index order) as one array per key column.
+fn key_arrays(table: &UserTable, key: &UniqueKey, keys: &[Vec<pg_sys::Datum>]) -> Vec<pg_sys::Datum> {
+    key.parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let column: Vec<pg_sys::Datum> = keys.iter().map(|values| values[i]).collect();
+            // SAFETY: values of the column's type.
+            unsafe { array_of(&column, table.by_attno(part.attno).type_oid) }
+        })
+        .collect()
+}
+
+/// The stored keys of a `bytea[]` (a NULL, which only a hand-edited row could hold, is none).
+fn images_of<C: FromIterator<Vec<u8>>>(array: Array<&[u8]>) -> C {
+    array.iter().flatten().map(<[u8]>::to_vec).collect()
+}
+
+/// Compare two keys (values in index order) in the index's order.
+fn compare_keys(key: &UniqueKey, a: &[pg_sys::Datum], b: &[pg_sys::Datum]) -> Ordering {
+    key.parts
+        .iter()
+        .zip(a.iter().zip(b))
+        // SAFETY: values of the parts' column types, decoded from images of this key.
+        .map(|(part, (&x, &y))| unsafe { part.order(x, y) })
+        .find(|o| o.is_ne())
+        .unwrap_or(Ordering::Equal)
+}
+
+/// A one-dimensional array of `values` of type `element`, in the current memory context.
+///
+/// # Safety
+/// `values` are non-NULL values of `element`.
+unsafe fn array_of(values: &[pg_sys::Datum], element: pg_sys::Oid) -> pg_sys::Datum {
+    // SAFETY: the element type's storage facts, as the caller says; construct_array copies.
+    unsafe {
+        let (mut len, mut byval, mut align) = (0i16, false, 0 as std::ffi::c_char);
+        pg_sys::get_typlenbyvalalign(element, &mut len, &mut byval, &mut align);
+        let mut values = values.to_vec();
+        pg_sys::Datum::from(pg_sys::construct_array(
+            values.as_mut_ptr(),
+            values.len() as i32,
+            element,
+            len as i32,
+            byval,
+            align,
+        ))
+    }
 }
 
 /// Mark the rows of a live claim done (`done_column = now()`) and end the claim; returns
 /// how many rows it marked. A claim whose lease ran out, or that was completed or released
 /// already, marks nothing and returns 0.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn complete_batch(claim: Option<Uuid>) -> i64 {
     let claim = required(claim, "claim");
     Spi::connect_mut(|client| {
-        let ended = spi_plans::run(client, END_CLAIM, &[UUID], &[claim.into()]);
+        let ended = spi_plans::run_as_owner(client, END_CLAIM, &[UUID], &[claim.into()]);
         if ended.is_empty() {
             return 0;
         }
         let row = ended.first();
         let relid: pg_sys::Oid = row.get(1).unwrap().unwrap();
         let done_column: String = row.get(2).unwrap().unwrap();
-        let keys: Vec<String> = row.get(3).unwrap().unwrap();
+        let images: Vec<Vec<u8>> = images_of(row.get::<Array<&[u8]>>(3).unwrap().unwrap());
+        let claimed_types: Vec<pg_sys::Oid> = row.get(4).unwrap().unwrap();
         let table = user_tables::open(relid);
-        let (key, done) = (primary_key(&table), done_column_of(&table, &done_column));
-        table
-            .run(client, "complete", &[key.attno.into(), done.attno.into()], |t| {
-                let (k, d) = (key.sql(), done.sql());
-                let sql = format!(
-                    "UPDATE {} AS t SET {d} = now() WHERE t.{k} = ANY($1::{}[]) AND t.{d} IS NULL RETURNING 1",
-                    t.name,
-                    key.type_sql()
-                );
-                (sql, vec![TEXT_ARRAY])
-            }, &[keys.into()])
-            .len() as i64
+        let key = primary_key(&table);
+        let done = done_column_of(&table, key, &done_column);
+        if claimed_types != key_types(&table, key) {
+            return 0; // the primary key changed since the claim: its rows cannot be found
+        }
+        let keys: Vec<Vec<pg_sys::Datum>> =
+            images.iter().filter_map(|image| key.values_of_image(&table, image)).collect();
+        mark_done(client, &table, key, done, &keys)
     })
+}
+
+/// Set the done column of the pending rows with `keys`; returns how many. The rows are
+/// locked without waiting, in a subtransaction: when one is busy, that is rolled back (we
+/// hold none of the rows) before we wait for its holder, so a completion never waits while
+/// it holds a row another of our functions may be waiting for.
+fn mark_done(
+    client: &mut SpiClient<'_>,
+    table: &UserTable,
+    key: &UniqueKey,
+    done: &Column,
+    keys: &[Vec<pg_sys::Datum>],
+) -> i64 {
+    let arrays = key_arrays(table, key, keys);
+    // SAFETY (spi_plans::arg): arrays and key values in SPI's memory, alive for the call.
+    let array_args = || -> Vec<DatumWithOid> {
+        arrays
+            .iter()
+            .zip(&key.parts)
+            .map(|(&a, p)| unsafe { spi_plans::arg(a, pg_sys::get_array_type(table.by_attno(p.attno).type_oid)) })
+            .collect()
+    };
+    let array_types = || array_args().iter().map(|a| PgOid::from(a.oid())).collect::<Vec<_>>();
+    let mut shape = vec![done.attno.into()];
+    shape.extend(key.parts.iter().map(|p| i32::from(p.attno)));
+    let (d, equal) = (done.sql(), held_equal(table, key, "s"));
+    loop {
+        let mut busy = None;
+        let marked = subtransaction::attempt(|| {
+            let marked = table
+                .run(client, "complete", &shape, |t| {
+                    let sql = format!(
+                        "WITH locked AS (
+                             SELECT s.tableoid, s.ctid FROM {name} AS s, {held}
+                             WHERE {equal} AND s.{d} IS NULL
+                             FOR NO KEY UPDATE OF s SKIP LOCKED)
+                         UPDATE {name} AS t SET {d} = pg_catalog.now()
+                         WHERE {locked}
+                         RETURNING 1",
+                        name = t.name,
+                        held = held_keys(key),
+                        locked = among_rows(t, "t", "locked"),
+                    );
+                    (sql, array_types())
+                }, &array_args())
+                .len() as i64;
+            if marked < keys.len() as i64 {
+                busy = first_busy(client, table, key, done, &shape, array_types(), &array_args());
+            }
+            // keep what was marked unless a row is busy: then undo it all, and wait
+            busy.is_none().then_some(marked)
+        });
+        if let Some(marked) = marked {
+            xact_lock::hold_rows_outside_the_order();
+            return marked;
+        }
+        let busy = busy.expect("a completion is undone only for a busy row");
+        if xact_lock::holds_locks_in_order() {
+            raise(
+                PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                "a row of this claim is locked by another transaction, and this transaction \
+                 already holds pg_exactly locks; waiting could deadlock",
+                "retry the transaction; complete claims in their own transactions",
+            );
+        }
+        wait_for_row(client, table, key, done, &shape, &busy);
+    }
+}
+
+/// SQL: `alias`'s key equals the held key `h`'s, column by column.
+fn held_equal(table: &UserTable, key: &UniqueKey, alias: &str) -> String {
+    let equal: Vec<String> = key
+        .parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| p.eq_sql(&format!("{alias}.{}", table.by_attno(p.attno).sql()), &format!("h.k{i}")))
+        .collect();
+    equal.join(" AND ")
+}
+
+/// The stored form of a key among the parameter arrays whose row is still pending (after our
+/// own marks: so, locked by another transaction), if any.
+fn first_busy(
+    client: &mut SpiClient<'_>,
+    table: &UserTable,
+    key: &UniqueKey,
+    done: &Column,
+    shape: &[i32],
+    types: Vec<PgOid>,
+    args: &[DatumWithOid],
+) -> Option<Vec<u8>> {
+    let rows = table.run(client, "find a busy row", shape, |t| {
+        let names: Vec<String> = (0..key.parts.len()).map(|i| format!("h.k{i}")).collect();
+        let sql = format!(
+            "SELECT {} FROM {held}
+             WHERE EXISTS (SELECT 1 FROM {name} AS s WHERE {equal} AND s.{d} IS NULL)
+             LIMIT 1",
+            names.join(", "),
+            held = held_keys(key),
+            name = t.name,
+            equal = held_equal(t, key, "s"),
+            d = done.sql(),
+        );
+        (sql, types)
+    }, args);
+    first_key_image(rows, table, key)
+}
+
+/// The first row's key columns (1..) as the key's stored form.
+fn first_key_image(rows: SpiTupleTable<'_>, table: &UserTable, key: &UniqueKey) -> Option<Vec<u8>> {
+    if rows.is_empty() {
+        return None;
+    }
+    let row = rows.first();
+    let values: Vec<pg_sys::Datum> =
+        (1..=key.parts.len()).map(|i| row.get_datum_by_ordinal(i).unwrap().unwrap()).collect();
+    // SAFETY: the key's values in index order, read before SPI's memory is released.
+    Some(unsafe { key.image(table, &values) })
+}
+
+/// Wait until the busy row's holder ends, holding nothing else of ours: lock the row in a
+/// subtransaction, then roll that back.
+fn wait_for_row(
+    client: &mut SpiClient<'_>,
+    table: &UserTable,
+    key: &UniqueKey,
+    done: &Column,
+    shape: &[i32],
+    busy: &[u8],
+) {
+    let values = key.values_of_image(table, busy).expect("an image we made");
+    let types: Vec<PgOid> = key.parts.iter().map(|p| PgOid::from(table.by_attno(p.attno).type_oid)).collect();
+    // SAFETY: values of the key's types, alive for the statement.
+    let args: Vec<DatumWithOid> =
+        values.iter().zip(&types).map(|(&v, t)| unsafe { spi_plans::arg(v, t.value()) }).collect();
+    subtransaction::attempt(|| {
+        table.run(client, "wait for a busy row", shape, |t| {
+            let equal: Vec<String> = key
+                .parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| p.eq_sql(&format!("s.{}", t.by_attno(p.attno).sql()), &format!("${}", i + 1)))
+                .collect();
+            let sql = format!(
+                "SELECT 1 FROM {} AS s WHERE {} AND s.{} IS NULL FOR NO KEY UPDATE OF s",
+                t.name,
+                equal.join(" AND "),
+                done.sql()
+            );
+            (sql, types.clone())
+        }, &args);
+        None::<()>
+    });
 }
 
 /// Give a live claim `lease` more time from now; returns how many rows it holds, 0 when it
 /// is stale (then its rows may be in another claim already: stop working on them).
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn extend_claim(claim: Option<Uuid>, lease: default!(Option<Interval>, "'5 minutes'")) -> i64 {
     let claim = required(claim, "claim");
     let lease = required(lease, "lease");
     check_lease(&lease);
     Spi::connect_mut(|client| {
-        let extended = spi_plans::run(client, EXTEND, &[UUID, INTERVAL], &[claim.into(), lease.into()]);
+        let extended = spi_plans::run_as_owner(client, EXTEND, &[UUID, INTERVAL], &[claim.into(), lease.into()]);
         if extended.is_empty() {
             0
         } else {
@@ -290,9 +716,10 @@ fn extend_claim(claim: Option<Uuid>, lease: default!(Option<Interval>, "'5 minut
 
 /// Give a live claim's rows back now, undone (a failed attempt for each); returns how many.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn release_claim(claim: Option<Uuid>) -> i64 {
     let claim = required(claim, "claim");
-    Spi::connect_mut(|client| spi_plans::run(client, RELEASE, &[UUID], &[claim.into()]).len() as i64)
+    Spi::connect_mut(|client| spi_plans::run_as_owner(client, RELEASE, &[UUID], &[claim.into()]).len() as i64)
 }
 
 fn check_lease(lease: &Interval) {
@@ -305,29 +732,40 @@ fn check_lease(lease: &Interval) {
     }
 }
 
-/// The table's one-column primary key: what a claim records of each row.
-fn primary_key(table: &UserTable) -> &Column {
-    match table.primary_key() {
-        Some([attno]) => table.by_attno(*attno),
-        Some(columns) => raise(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!(
-                "table {} has a primary key of several columns {}",
-                table.name,
-                table.column_list(columns.iter().copied())
-            ),
-            "claims record rows by a one-column primary key; add one (e.g. an identity column)",
-        ),
-        None => raise(
+/// The table's primary key: what a claim records of each row.
+fn primary_key(table: &UserTable) -> &UniqueKey {
+    if table.primary_key().is_none() {
+        raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("table {} has no primary key", table.name),
             "claims record rows by their primary key; add one (e.g. an identity column)",
-        ),
+        );
     }
+    &table.unique_keys[0]
+}
+
+/// The types of the key's columns, in index order: what a claim's stored keys are made of.
+/// Each needs an array type (the keys travel to statements as arrays).
+fn key_types(table: &UserTable, key: &UniqueKey) -> Vec<pg_sys::Oid> {
+    key.parts
+        .iter()
+        .map(|p| {
+            let column = table.by_attno(p.attno);
+            // SAFETY: a catalog lookup.
+            if unsafe { pg_sys::get_array_type(column.type_oid) } == pg_sys::InvalidOid {
+                raise(
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    format!("primary key column {} of {} has a type without an array type", column.sql(), table.name),
+                    "claims pass keys to statements as arrays; use a key type that has one",
+                );
+            }
+            column.type_oid
+        })
+        .collect()
 }
 
 /// The done column: a timestamp (or date) column outside the key, set to now() on completion.
-fn done_column_of<'t>(table: &'t UserTable, name: &str) -> &'t Column {
+fn done_column_of<'t>(table: &'t UserTable, key: &UniqueKey, name: &str) -> &'t Column {
     let done = table.column(name, "done_column");
     if ![pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPOID, pg_sys::DATEOID].contains(&done.base_type) {
         raise(
@@ -336,5 +774,63 @@ fn done_column_of<'t>(table: &'t UserTable, name: &str) -> &'t Column {
             "done_column must be a timestamptz, timestamp or date column, NULL while the row is pending",
         );
     }
+    if key.columns.contains(&done.attno) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("done column {} of {} is part of its primary key", done.sql(), table.name),
+            "the done column must be a column of its own, NULL while the row is pending",
+        );
+    }
     done
 }
+
+/// `text` as an SQL string literal, whatever `standard_conforming_strings` says.
+fn sql_literal(text: &str) -> String {
+    let text = std::ffi::CString::new(text).expect("identifiers hold no NUL");
+    // SAFETY: quote_literal_cstr reads a C string and returns a palloc'd quoted copy.
+    unsafe { std::ffi::CStr::from_ptr(pg_sys::quote_literal_cstr(text.as_ptr())) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// For the upgrade from 0.2.0 only (sql/pg_exactly--0.2.0--0.3.0.sql creates it, uses it and
+/// drops it): the stored form of a row key that 0.2.0 recorded as text, read back through
+/// the key type's input function; NULL when it no longer can be (the table or its key
+/// changed, or the text does not read back).
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn claim_key_of_0_2_text(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: declared (regclass, text) RETURNS bytea STRICT: both arguments are there.
+    let (relid, text) = unsafe {
+        (
+            pg_sys::Oid::from_datum((*fcinfo).args.as_slice(2)[0].value, false).unwrap(),
+            String::from_datum((*fcinfo).args.as_slice(2)[1].value, false).unwrap(),
+        )
+    };
+    let image = subtransaction::attempt(|| {
+        PgTryBuilder::new(AssertUnwindSafe(|| {
+            let table = user_tables::open(relid);
+            let key = primary_key(&table);
+            let [part] = key.parts.as_slice() else { return None };
+            let column = table.by_attno(part.attno);
+            let text = std::ffi::CString::new(text.as_str()).ok()?;
+            // SAFETY: the column's input function and type parameter, as for a literal.
+            let value = unsafe {
+                pg_sys::OidInputFunctionCall(column.input_function, text.as_ptr() as *mut _, column.input_param, column.typmod)
+            };
+            // SAFETY: a value of the key's one column.
+            Some(unsafe { key.image(&table, &[value]) })
+        }))
+        .catch_others(|_| None)
+        .execute()
+    });
+    match image {
+        Some(image) => image.into_datum().unwrap(),
+        None => {
+            // SAFETY: the function's own call info.
+            unsafe { (*fcinfo).isnull = true };
+            pg_sys::Datum::from(0)
+        }
+    }
+}
+crate::trigger_rows::finfo_v1!(pg_finfo_claim_key_of_0_2_text);

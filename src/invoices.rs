@@ -8,11 +8,11 @@
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{pg_sys, PgBuiltInOids};
+use pgrx::{pg_sys, AllocatedByRust, PgBuiltInOids};
 
 use crate::errors::{non_empty, raise, required};
 use crate::spi_plans;
-use crate::trigger_rows::{column, column_as_text};
+use crate::trigger_rows::{self, column, column_as_text};
 use crate::xact_lock::{lock_exclusive_in_order, LockSpace};
 
 /// Most numbers `next_invoice_numbers` hands out in one call (the set is built in memory).
@@ -24,11 +24,16 @@ const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
 const INT4: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
 const INT8: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT8OID);
 
-/// Draw `$2` numbers for tenant `$1`; the guard keeps `next_value` within bigint.
-const DRAW: &str = "UPDATE exactly.invoice_sequences SET next_value = next_value + $2 \
-     WHERE tenant = $1 AND next_value <= 9223372036854775807 - $2 \
-     RETURNING prefix, width, next_value - $2";
-const NEXT_VALUE: &str = "SELECT next_value FROM exactly.invoice_sequences WHERE tenant = $1";
+/// Draw `$2` numbers for tenant `$1`; the guard keeps `next_value` within bigint. (An
+/// `OPERATOR()` has neither the precedence nor the associativity of its symbol: where two
+/// meet, parentheses say which goes first.)
+const DRAW: &str = "UPDATE exactly.invoice_sequences \
+     SET next_value = next_value OPERATOR(pg_catalog.+) $2 \
+     WHERE tenant OPERATOR(pg_catalog.=) $1 \
+       AND next_value OPERATOR(pg_catalog.<=) (9223372036854775807 OPERATOR(pg_catalog.-) $2) \
+     RETURNING prefix, width, next_value OPERATOR(pg_catalog.-) $2";
+const NEXT_VALUE: &str =
+    "SELECT next_value FROM exactly.invoice_sequences WHERE tenant OPERATOR(pg_catalog.=) $1";
 const CREATE_ON_FIRST_USE: &str = "INSERT INTO exactly.invoice_sequences (tenant, prefix) \
      VALUES ($1, $1) ON CONFLICT (tenant) DO NOTHING";
 const DEFINE: &str = "INSERT INTO exactly.invoice_sequences (tenant, prefix, width) \
@@ -64,7 +69,7 @@ fn draw(tenant: &str, count: i64) -> Block {
         }
         // No row yet, or no numbers left. We hold the tenant's queue lock, and every function
         // of ours that writes the row takes it first, so nothing of ours moves in between.
-        let rows = spi_plans::run(client, NEXT_VALUE, &[TEXT], &[tenant.into()]);
+        let rows = spi_plans::run_as_owner(client, NEXT_VALUE, &[TEXT], &[tenant.into()]);
         if !rows.is_empty() {
             let next = rows.first().get_one::<i64>().unwrap().unwrap();
             raise(
@@ -75,7 +80,7 @@ fn draw(tenant: &str, count: i64) -> Block {
                 "start a new numbering under another tenant name",
             );
         }
-        spi_plans::run(client, CREATE_ON_FIRST_USE, &[TEXT], &[tenant.into()]);
+        spi_plans::run_as_owner(client, CREATE_ON_FIRST_USE, &[TEXT], &[tenant.into()]);
         draw_from_row(client, tenant, count).unwrap_or_else(|| {
             // Only possible when our snapshot cannot see a row another transaction committed
             // (REPEATABLE READ and above), or someone deleted the row behind our back.
@@ -90,7 +95,7 @@ fn draw(tenant: &str, count: i64) -> Block {
 
 /// Move the tenant's counter on by `count`; None when it has no row or too few numbers left.
 fn draw_from_row(client: &mut SpiClient<'_>, tenant: &str, count: i64) -> Option<Block> {
-    let rows = spi_plans::run(client, DRAW, &[TEXT, INT8], &[tenant.into(), count.into()]);
+    let rows = spi_plans::run_as_owner(client, DRAW, &[TEXT, INT8], &[tenant.into(), count.into()]);
     if rows.is_empty() {
         return None;
     }
@@ -106,12 +111,14 @@ fn draw_from_row(client: &mut SpiClient<'_>, tenant: &str, count: i64) -> Option
 
 /// The next invoice number of `tenant`, e.g. `11-00000001`.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn next_invoice_number(tenant: Option<&str>) -> String {
     draw(required(tenant, "tenant"), 1).format(0)
 }
 
 /// `n` consecutive invoice numbers of `tenant`, in order.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn next_invoice_numbers(tenant: Option<&str>, n: Option<i32>) -> SetOfIterator<'static, String> {
     let tenant = required(tenant, "tenant");
     let n = required(n, "n");
@@ -129,6 +136,7 @@ fn next_invoice_numbers(tenant: Option<&str>, n: Option<i32>) -> SetOfIterator<'
 /// Create `tenant`'s numbering, or change its prefix and width. Numbers already drawn keep
 /// their text; the counter is never touched.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn define_invoice_sequence(
     tenant: Option<&str>,
     prefix: Option<&str>,
@@ -147,7 +155,7 @@ fn define_invoice_sequence(
     }
     lock_exclusive_in_order(LockSpace::InvoiceTenant, tenant);
     Spi::connect_mut(|client| {
-        spi_plans::run(
+        spi_plans::run_as_owner(
             client,
             DEFINE,
             &[TEXT, TEXT, INT4],
@@ -156,16 +164,26 @@ fn define_invoice_sequence(
     });
 }
 
+const USAGE: &str = "use: CREATE TRIGGER ... BEFORE INSERT ON your_table FOR EACH ROW \
+     EXECUTE FUNCTION exactly.assign_invoice_number('tenant_column', 'number_column')";
+
 /// `BEFORE INSERT ... FOR EACH ROW EXECUTE FUNCTION
 /// exactly.assign_invoice_number('tenant_column', 'number_column')`: fills the number column
 /// from the row's tenant when it is NULL, so `INSERT ... RETURNING number_column` hands the
-/// number to the client.
-#[pg_trigger]
+/// number to the client. Declared in sql/invoices.sql.
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn assign_invoice_number_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: the server's call of our trigger function.
+    unsafe { trigger_rows::entry(fcinfo, "exactly.assign_invoice_number()", USAGE, assign_invoice_number) }
+}
+trigger_rows::finfo_v1!(pg_finfo_assign_invoice_number_wrapper);
+
 fn assign_invoice_number<'a>(
     trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, pgrx::datum::TryFromDatumError> {
-    const USAGE: &str = "use: CREATE TRIGGER ... BEFORE INSERT ON your_table FOR EACH ROW \
-         EXECUTE FUNCTION exactly.assign_invoice_number('tenant_column', 'number_column')";
+) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, pgrx::datum::TryFromDatumError> {
     let event = trigger.event();
     if !(event.fired_before() && event.fired_for_row() && event.fired_by_insert()) {
         raise(

@@ -11,11 +11,12 @@
 use pgrx::datum::AnyNumeric;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{pg_sys, PgBuiltInOids};
+use pgrx::{pg_sys, AllocatedByRust, PgBuiltInOids};
 
 use crate::errors::{finite, non_empty, raise, required};
 use crate::spi_plans;
-use crate::trigger_rows::{attributes, column, column_as_text};
+use crate::trigger_rows::{self, attributes, column, column_as_text};
+use crate::user_tables;
 use crate::xact_lock::{lock_exclusive_in_order, LockSpace};
 
 /// The account of the one-argument `append_payment(amount)`, the seed's single ledger.
@@ -33,9 +34,11 @@ type Payment = pgrx::composite_type!('static, "exactly.payments");
 /// Add `$2` to account `$1`, unless it is a withdrawal that would take the balance below
 /// `min_balance` (then nothing happens and no row comes back). Two plain statements, like
 /// the reference: measured, one statement with a data-modifying CTE cost more CPU per call.
-const ADD_TO_ACCOUNT: &str =
-    "UPDATE exactly.accounts SET balance = balance + $2, entries = entries + 1
-    WHERE account = $1 AND ($2 >= 0 OR min_balance IS NULL OR balance + $2 >= min_balance)
+const ADD_TO_ACCOUNT: &str = "UPDATE exactly.accounts
+    SET balance = balance OPERATOR(pg_catalog.+) $2, entries = entries OPERATOR(pg_catalog.+) 1
+    WHERE account OPERATOR(pg_catalog.=) $1
+      AND ($2 OPERATOR(pg_catalog.>=) 0 OR min_balance IS NULL
+           OR (balance OPERATOR(pg_catalog.+) $2) OPERATOR(pg_catalog.>=) min_balance)
     RETURNING balance";
 const INSERT_ENTRY: &str =
     "INSERT INTO exactly.payments AS p (account, amount, running_balance, idempotency_key)
@@ -43,29 +46,38 @@ const INSERT_ENTRY: &str =
 /// The same for many amounts: running balances are the opening balance plus the running sum,
 /// in array order; refused whole if any withdrawal would go below `min_balance`.
 const APPEND_MANY: &str = "WITH input AS (
-        SELECT amount, position, sum(amount) OVER (ORDER BY position) AS running
-        FROM unnest($2::numeric[]) WITH ORDINALITY AS a(amount, position)),
+        SELECT a.amount, a.position,
+               pg_catalog.sum(a.amount) OVER (ORDER BY a.position) AS running
+        FROM pg_catalog.unnest($2) WITH ORDINALITY AS a(amount, position)),
     totals AS (
-        SELECT sum(amount) AS total, count(*) AS entries,
-               min(running) FILTER (WHERE amount < 0) AS lowest_after_withdrawal
-        FROM input),
-    account AS (
-        UPDATE exactly.accounts a SET balance = a.balance + t.total, entries = a.entries + t.entries
+        SELECT pg_catalog.sum(i.amount) AS total, pg_catalog.count(*) AS entries,
+               pg_catalog.min(i.running) FILTER (WHERE i.amount OPERATOR(pg_catalog.<) 0)
+                   AS lowest_after_withdrawal
+        FROM input i),
+    opened AS (
+        UPDATE exactly.accounts a
+        SET balance = a.balance OPERATOR(pg_catalog.+) t.total,
+            entries = a.entries OPERATOR(pg_catalog.+) t.entries
         FROM totals t
-        WHERE a.account = $1 AND (t.lowest_after_withdrawal IS NULL OR a.min_balance IS NULL
-                                  OR a.balance + t.lowest_after_withdrawal >= a.min_balance)
-        RETURNING a.balance - t.total AS opening)
+        WHERE a.account OPERATOR(pg_catalog.=) $1
+          AND (t.lowest_after_withdrawal IS NULL OR a.min_balance IS NULL
+               OR (a.balance OPERATOR(pg_catalog.+) t.lowest_after_withdrawal)
+                  OPERATOR(pg_catalog.>=) a.min_balance)
+        RETURNING a.balance OPERATOR(pg_catalog.-) t.total AS opening)
     INSERT INTO exactly.payments AS p (account, amount, running_balance)
-    SELECT $1, i.amount, account.opening + i.running FROM input i, account ORDER BY i.position
+    SELECT $1, i.amount, o.opening OPERATOR(pg_catalog.+) i.running
+    FROM input i, opened o ORDER BY i.position
     RETURNING p";
-const ACCOUNT_LIMIT: &str = "SELECT balance, min_balance FROM exactly.accounts WHERE account = $1";
+const ACCOUNT_LIMIT: &str = "SELECT balance, min_balance FROM exactly.accounts \
+     WHERE account OPERATOR(pg_catalog.=) $1";
 const CREATE_ACCOUNT: &str =
     "INSERT INTO exactly.accounts (account) VALUES ($1) ON CONFLICT (account) DO NOTHING";
-const BY_IDEMPOTENCY_KEY: &str =
-    "SELECT p, account, amount FROM exactly.payments p WHERE idempotency_key = $1";
+const BY_IDEMPOTENCY_KEY: &str = "SELECT p, p.account, p.amount FROM exactly.payments p \
+     WHERE p.idempotency_key OPERATOR(pg_catalog.=) $1";
 
 /// Append `amount` to the default account (the seed's single ledger).
 #[pg_extern(name = "append_payment", volatile, parallel_unsafe, requires = ["ledger_schema"])]
+#[search_path(pg_catalog, pg_temp)]
 fn append_payment_default(
     amount: Option<AnyNumeric>,
 ) -> pgrx::composite_type!('static, "exactly.payments") {
@@ -75,6 +87,7 @@ fn append_payment_default(
 /// Append `amount` to `account`; returns the new entry with its running balance. With an
 /// idempotency key, a repeat returns the first entry and appends nothing.
 #[pg_extern(volatile, parallel_unsafe, requires = ["ledger_schema"])]
+#[search_path(pg_catalog, pg_temp)]
 fn append_payment(
     account: Option<&str>,
     amount: Option<AnyNumeric>,
@@ -87,6 +100,7 @@ fn append_payment(
 
 /// Append many amounts to `account` under one lock, in array order; returns the entries.
 #[pg_extern(volatile, parallel_unsafe, requires = ["ledger_schema"])]
+#[search_path(pg_catalog, pg_temp)]
 fn append_payments(
     account: Option<&str>,
     amounts: Option<Array<'_, AnyNumeric>>,
@@ -104,10 +118,20 @@ fn append_payments(
             "split larger batches into several calls",
         );
     }
-    for amount in amounts.iter() {
+    let amounts = amounts.into_datum().expect("a non-NULL array");
+    // SAFETY: pgrx detoasted the argument; ndim is in the array's header.
+    let dimensions = unsafe { (*amounts.cast_mut_ptr::<pg_sys::ArrayType>()).ndim };
+    if dimensions > 1 {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("amounts must be a one-dimensional array, not one of {dimensions} dimensions"),
+            "pass the amounts in order as one list, e.g. '{5,-3,1.25}'",
+        );
+    }
+    // SAFETY: the same array, read again as numerics.
+    for amount in unsafe { Array::<AnyNumeric>::from_datum(amounts, false) }.unwrap().iter() {
         check_amount(amount.as_ref());
     }
-    let amounts = amounts.into_datum().expect("a non-NULL array");
     lock_exclusive_in_order(LockSpace::Account, account);
     let payments = Spi::connect_mut(|client| {
         let run = |client: &mut SpiClient<'_>| {
@@ -115,7 +139,7 @@ fn append_payments(
             let args = [account.into(), unsafe {
                 spi_plans::arg(amounts, pg_sys::NUMERICARRAYOID)
             }];
-            let rows = spi_plans::run(client, APPEND_MANY, &[TEXT, NUMERIC_ARRAY], &args);
+            let rows = spi_plans::run_as_owner(client, APPEND_MANY, &[TEXT, NUMERIC_ARRAY], &args);
             rows.map(|row| row.get::<Payment>(1).unwrap().unwrap())
                 .collect::<Vec<_>>()
         };
@@ -154,7 +178,7 @@ fn append(account: &str, amount: AnyNumeric, idempotency_key: Option<&str>) -> P
             }
         }
         let add = |client: &mut SpiClient<'_>| {
-            let rows = spi_plans::run(
+            let rows = spi_plans::run_as_owner(
                 client,
                 ADD_TO_ACCOUNT,
                 &[TEXT, NUMERIC],
@@ -175,7 +199,7 @@ fn append(account: &str, amount: AnyNumeric, idempotency_key: Option<&str>) -> P
             balance.into(),
             idempotency_key.into(),
         ];
-        let rows = spi_plans::run(client, INSERT_ENTRY, &[TEXT, NUMERIC, NUMERIC, TEXT], &args);
+        let rows = spi_plans::run_as_owner(client, INSERT_ENTRY, &[TEXT, NUMERIC, NUMERIC, TEXT], &args);
         rows.first().get_one::<Payment>().unwrap().unwrap()
     })
 }
@@ -188,7 +212,7 @@ fn replay(
     account: &str,
     amount: &AnyNumeric,
 ) -> Option<Payment> {
-    let rows = spi_plans::run(client, BY_IDEMPOTENCY_KEY, &[TEXT], &[key.into()]);
+    let rows = spi_plans::run_as_owner(client, BY_IDEMPOTENCY_KEY, &[TEXT], &[key.into()]);
     if rows.is_empty() {
         return None;
     }
@@ -213,9 +237,9 @@ fn replay(
 /// Called when an append changed nothing: either the account does not exist yet (create it;
 /// we hold its lock) or the append would take it below its min_balance (refuse).
 fn ensure_account_or_refuse(client: &mut SpiClient<'_>, account: &str, what: &str) {
-    let rows = spi_plans::run(client, ACCOUNT_LIMIT, &[TEXT], &[account.into()]);
+    let rows = spi_plans::run_as_owner(client, ACCOUNT_LIMIT, &[TEXT], &[account.into()]);
     if rows.is_empty() {
-        spi_plans::run(client, CREATE_ACCOUNT, &[TEXT], &[account.into()]);
+        spi_plans::run_as_owner(client, CREATE_ACCOUNT, &[TEXT], &[account.into()]);
         return;
     }
     let (balance, min_balance) = rows.first().get_two::<AnyNumeric, AnyNumeric>().unwrap();
@@ -230,28 +254,36 @@ fn ensure_account_or_refuse(client: &mut SpiClient<'_>, account: &str, what: &st
     );
 }
 
-const TABLE_BALANCE: &str =
-    "UPDATE exactly.table_balances SET balance = balance + $3, entries = entries + 1 \
-     WHERE rel = $1::regclass AND account = $2 RETURNING balance";
+const TABLE_BALANCE: &str = "UPDATE exactly.table_balances \
+     SET balance = balance OPERATOR(pg_catalog.+) $3, entries = entries OPERATOR(pg_catalog.+) 1 \
+     WHERE rel OPERATOR(pg_catalog.=) $1::pg_catalog.regclass AND account OPERATOR(pg_catalog.=) $2 \
+     RETURNING balance";
 const CREATE_TABLE_BALANCE: &str = "INSERT INTO exactly.table_balances (rel, account) \
-     VALUES ($1::regclass, $2) ON CONFLICT (rel, account) DO NOTHING";
-/// The table's one-column primary key and a fresh value from its sequence (NULL without one).
-const REDRAW_KEY: &str =
-    "SELECT a.attnum::int, nextval(pg_get_serial_sequence($1::regclass::text, a.attname))
-     FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-     WHERE i.indrelid = $1 AND i.indisprimary AND i.indnatts = 1";
+     VALUES ($1::pg_catalog.regclass, $2) ON CONFLICT (rel, account) DO NOTHING";
+
+const USAGE: &str = "use: CREATE TRIGGER ... BEFORE INSERT OR UPDATE OR DELETE ON your_table FOR EACH ROW \
+     EXECUTE FUNCTION exactly.maintain_running_balance('amount_column', 'running_balance_column'[, 'account_column'])";
 
 /// `BEFORE INSERT OR UPDATE OR DELETE ... FOR EACH ROW EXECUTE FUNCTION
 /// exactly.maintain_running_balance('amount_column', 'running_balance_column'[, 'account_column'])`:
 /// fills the running balance of each inserted row from the previous row of its account, and
 /// refuses to change or delete those columns. A serial or identity key is drawn again under
-/// the account's lock, so the key order is the ledger order.
-#[pg_trigger]
+/// the account's lock, so the key order is the ledger order. Declared in sql/ledger.sql.
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn maintain_running_balance_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: the server's call of our trigger function.
+    unsafe {
+        trigger_rows::entry(fcinfo, "exactly.maintain_running_balance()", USAGE, maintain_running_balance)
+    }
+}
+trigger_rows::finfo_v1!(pg_finfo_maintain_running_balance_wrapper);
+
 fn maintain_running_balance<'a>(
     trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, pgrx::datum::TryFromDatumError> {
-    const USAGE: &str = "use: CREATE TRIGGER ... BEFORE INSERT OR UPDATE OR DELETE ON your_table FOR EACH ROW \
-         EXECUTE FUNCTION exactly.maintain_running_balance('amount_column', 'running_balance_column'[, 'account_column'])";
+) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, pgrx::datum::TryFromDatumError> {
     let event = trigger.event();
     let tgtype = trigger.trigger().tgtype as u32;
     let all_events =
@@ -330,38 +362,49 @@ fn maintain_running_balance<'a>(
         LockSpace::TableAccount,
         &format!("{}/{account_name}", rel.to_u32()),
     );
+    // The key is drawn from the table's own sequence, as the caller (an identity column's
+    // sequence needs no privilege, as for the insert's own draw).
+    let redrawn_key = user_tables::open(rel).key_sequence.map(|(attno, sequence, identity)| {
+        // SAFETY: a sequence of the table, read from its dependencies with its description.
+        (attno, unsafe { nextval_internal(sequence, !identity) })
+    });
     // The row is changed only after SPI is done: memory SPI hands out dies with it.
-    let (redrawn_key, balance) = Spi::connect_mut(|client| {
-        let rows = spi_plans::run(client, REDRAW_KEY, &[OID], &[rel.into()]);
-        let redrawn_key = match rows.is_empty() {
-            true => None,
-            false => match rows.first().get_two::<i32, i64>().unwrap() {
-                (Some(attno), Some(key)) => Some((attno as usize, key)),
-                _ => None,
-            },
-        };
+    let balance = Spi::connect_mut(|client| {
         let args = [
             rel.into(),
             account_name.as_str().into(),
             amount.clone().into(),
         ];
         let new_balance = |client: &mut SpiClient<'_>| {
-            let rows = spi_plans::run(client, TABLE_BALANCE, &[OID, TEXT, NUMERIC], &args);
+            let rows = spi_plans::run_as_owner(client, TABLE_BALANCE, &[OID, TEXT, NUMERIC], &args);
             (!rows.is_empty()).then(|| rows.first().get_one::<AnyNumeric>().unwrap().unwrap())
         };
-        let balance = new_balance(client).unwrap_or_else(|| {
+        new_balance(client).unwrap_or_else(|| {
             let args = [rel.into(), account_name.as_str().into()];
-            spi_plans::run(client, CREATE_TABLE_BALANCE, &[OID, TEXT], &args);
+            spi_plans::run_as_owner(client, CREATE_TABLE_BALANCE, &[OID, TEXT], &args);
             new_balance(client)
                 .expect("the ledger's balance row exists: we created it under its lock")
-        });
-        (redrawn_key, balance)
+        })
     });
     if let Some((attno, key)) = redrawn_key {
-        set_key(trigger, &mut row, attno, key)?;
+        set_key(trigger, &mut row, attno as usize, key)?;
     }
     row.set_by_index(balance_attno, balance)?;
     Ok(Some(row))
+}
+
+/// The server's `nextval`, with or without its privilege check (sequence.h).
+///
+/// # Safety
+/// `relid` is a sequence.
+unsafe fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64 {
+    unsafe extern "C-unwind" {
+        fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
+    }
+    // SAFETY: an ERROR inside (no privilege, the sequence's maximum) becomes a Rust panic.
+    unsafe {
+        pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| nextval_internal(relid, check_permissions))
+    }
 }
 
 /// Put `key`, drawn under the account lock, in the row's primary-key column (int2/4/8).

@@ -7,7 +7,9 @@ mod errors;
 mod invoices;
 mod ledger;
 mod locks;
+mod privileges;
 mod spi_plans;
+mod subtransaction;
 mod tickets;
 mod trigger_rows;
 mod upsert;
@@ -18,6 +20,7 @@ pgrx::extension_sql_file!("../sql/invoices.sql", name = "invoices_schema", boots
 pgrx::extension_sql_file!("../sql/tickets.sql", name = "tickets_schema");
 pgrx::extension_sql_file!("../sql/ledger.sql", name = "ledger_schema");
 pgrx::extension_sql_file!("../sql/claims.sql", name = "claims_schema");
+pgrx::extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 /// Runs once when a backend loads the library.
 #[pgrx::pg_guard]

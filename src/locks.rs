@@ -20,15 +20,19 @@ use crate::xact_lock::{acquire, tag, LockSpace};
 const OID: PgOid = PgOid::BuiltIn(PgBuiltInOids::OIDOID);
 
 /// Who holds and who waits for one name, oldest first.
+/// Run as the caller: pg_stat_activity shows another role's query only to whom may see it.
 const STATUS: &str = "SELECT l.pid, l.granted, l.waitstart, a.xact_start, a.state, a.query
-    FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
-    WHERE l.locktype = 'advisory' AND l.database = $1 AND l.classid = $2 AND l.objid = $3
-      AND l.objsubid = 110
+    FROM pg_catalog.pg_locks l
+    LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) l.pid
+    WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' AND l.database OPERATOR(pg_catalog.=) $1
+      AND l.classid OPERATOR(pg_catalog.=) $2 AND l.objid OPERATOR(pg_catalog.=) $3
+      AND l.objsubid OPERATOR(pg_catalog.=) 110
     ORDER BY l.granted DESC, l.waitstart";
 
 /// Lock `name` until the end of the transaction, waiting for its holder; with `timeout`,
 /// give up after that long with 55P03.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn lock(name: Option<&str>, timeout: default!(Option<Interval>, "NULL")) {
     let name = required(name, "name");
     non_empty(name, "name", "'third_party_sync'");
@@ -77,6 +81,7 @@ fn timed_out(name: &str, timeout: &Interval) -> ! {
 
 /// Lock `name` until the end of the transaction if no other transaction holds it.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn try_lock(name: Option<&str>) -> bool {
     let name = required(name, "name");
     non_empty(name, "name", "'third_party_sync'");
@@ -85,6 +90,7 @@ fn try_lock(name: Option<&str>) -> bool {
 
 /// The sessions holding (granted) and waiting for `name`, from pg_locks and pg_stat_activity.
 #[pg_extern(volatile, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
 fn lock_status(
     name: Option<&str>,
 ) -> TableIterator<

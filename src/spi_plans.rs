@@ -17,8 +17,21 @@ thread_local! {
         RefCell::new(HashMap::new());
 }
 
+/// `run` as the extension's owner: for statements on pg_exactly's own tables, which only
+/// its functions write (see `privileges`).
+pub fn run_as_owner<'conn>(
+    client: &mut SpiClient<'conn>,
+    sql: &'static str,
+    types: &[PgOid],
+    args: &[DatumWithOid<'_>],
+) -> SpiTupleTable<'conn> {
+    crate::privileges::as_owner(|| run(client, sql, types, args))
+}
+
 /// Run `sql` (a statement with `$n` parameters of `types`) through its kept plan,
-/// preparing it on first use in this backend.
+/// preparing it on first use in this backend, with the caller's rights. Every name in
+/// `sql` is schema-qualified, operators included: the functions pin their search_path,
+/// and no object anyone creates anywhere may run in our statements.
 pub fn run<'conn>(
     client: &mut SpiClient<'conn>,
     sql: &'static str,

@@ -13,6 +13,7 @@ use pgrx::{pg_sys, PgBuiltInOids};
 
 use crate::errors::{raise, required};
 use crate::spi_plans;
+use crate::subtransaction;
 use crate::xact_lock::{lock_exclusive_in_order, LockSpace};
 
 /// Most tickets one call creates (its codes are built in memory: ~50 bytes each).
@@ -27,23 +28,25 @@ const TEXT_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
 
 const CLAIM_BATCH_KEY: &str = "INSERT INTO exactly.ticket_batches (batch_key, raffle_id, n) \
      VALUES ($1, $2, $3) ON CONFLICT (batch_key) DO NOTHING";
-const FIRST_CALL: &str =
-    "SELECT raffle_id, n, created FROM exactly.ticket_batches WHERE batch_key = $1";
-const RECORD_BATCH: &str = "UPDATE exactly.ticket_batches SET created = $2 WHERE batch_key = $1";
-const LOCK_RAFFLE: &str = "SELECT tickets_requested - tickets_created, code_length \
-     FROM exactly.raffles WHERE id = $1 FOR UPDATE";
+const FIRST_CALL: &str = "SELECT raffle_id, n, created FROM exactly.ticket_batches \
+     WHERE batch_key OPERATOR(pg_catalog.=) $1";
+const RECORD_BATCH: &str = "UPDATE exactly.ticket_batches SET created = $2 \
+     WHERE batch_key OPERATOR(pg_catalog.=) $1";
+const LOCK_RAFFLE: &str = "SELECT tickets_requested OPERATOR(pg_catalog.-) tickets_created, code_length \
+     FROM exactly.raffles WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE";
 /// `$2` holds distinct codes in ascending order: the unique index is filled left to right.
 const INSERT_TICKETS: &str = "INSERT INTO exactly.tickets (raffle_id, code) \
-     SELECT $1, code FROM unnest($2::text[]) AS code";
+     SELECT $1, c.code FROM pg_catalog.unnest($2) AS c(code)";
 /// The same, skipping codes already taken: slower (a speculative insertion per row).
 const INSERT_FREE_TICKETS: &str = "INSERT INTO exactly.tickets (raffle_id, code) \
-     SELECT $1, code FROM unnest($2::text[]) AS code ON CONFLICT (code) DO NOTHING";
-const COUNT_CREATED: &str =
-    "UPDATE exactly.raffles SET tickets_created = tickets_created + $2 WHERE id = $1";
+     SELECT $1, c.code FROM pg_catalog.unnest($2) AS c(code) ON CONFLICT (code) DO NOTHING";
+const COUNT_CREATED: &str = "UPDATE exactly.raffles \
+     SET tickets_created = tickets_created OPERATOR(pg_catalog.+) $2 WHERE id OPERATOR(pg_catalog.=) $1";
 
 /// Create up to `n` tickets for `raffle`; returns how many this call created. With
 /// `batch_key`, a repeat of the key creates nothing and returns the first call's count.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn batch_create_tickets(
     raffle: Option<i64>,
     n: Option<i32>,
@@ -72,7 +75,7 @@ fn batch_create_tickets(
         }
         let created = create(client, raffle, n);
         if let Some(key) = batch_key {
-            spi_plans::run(
+            spi_plans::run_as_owner(
                 client,
                 RECORD_BATCH,
                 &[TEXT, INT4],
@@ -86,11 +89,11 @@ fn batch_create_tickets(
 /// Claim `key` for this call (None), or return the count of the call that claimed it first.
 fn claim_or_replay(client: &mut SpiClient<'_>, key: &str, raffle: i64, n: i32) -> Option<i32> {
     let args = [key.into(), raffle.into(), n.into()];
-    if spi_plans::run(client, CLAIM_BATCH_KEY, &[TEXT, INT8, INT4], &args).len() == 1 {
+    if spi_plans::run_as_owner(client, CLAIM_BATCH_KEY, &[TEXT, INT8, INT4], &args).len() == 1 {
         return None;
     }
     // We hold the key's lock, so the transaction that claimed it has ended: its row is final.
-    let rows = spi_plans::run(client, FIRST_CALL, &[TEXT], &[key.into()]);
+    let rows = spi_plans::run_as_owner(client, FIRST_CALL, &[TEXT], &[key.into()]);
     if rows.is_empty() {
         raise(
             PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
@@ -115,7 +118,7 @@ fn claim_or_replay(client: &mut SpiClient<'_>, key: &str, raffle: i64, n: i32) -
 
 /// Lock the raffle, create min(n, remaining) tickets, count them; returns how many.
 fn create(client: &mut SpiClient<'_>, raffle: i64, n: i32) -> i32 {
-    let rows = spi_plans::run(client, LOCK_RAFFLE, &[INT8], &[raffle.into()]);
+    let rows = spi_plans::run_as_owner(client, LOCK_RAFFLE, &[INT8], &[raffle.into()]);
     if rows.is_empty() {
         raise(
             PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
@@ -134,7 +137,7 @@ fn create(client: &mut SpiClient<'_>, raffle: i64, n: i32) -> i32 {
         count as usize,
         code_length.unwrap() as usize,
     );
-    spi_plans::run(
+    spi_plans::run_as_owner(
         client,
         COUNT_CREATED,
         &[INT8, INT8],
@@ -158,7 +161,7 @@ fn insert_tickets(client: &mut SpiClient<'_>, raffle: i64, count: usize, code_le
         let args = [raffle.into(), unsafe {
             spi_plans::arg(array, pg_sys::TEXTARRAYOID)
         }];
-        spi_plans::run(client, INSERT_FREE_TICKETS, &[INT8, TEXT_ARRAY], &args).len()
+        spi_plans::run_as_owner(client, INSERT_FREE_TICKETS, &[INT8, TEXT_ARRAY], &args).len()
     };
     let mut missing = count - insert(client, array);
     for _ in 0..MAX_CODE_ROUNDS {
@@ -183,30 +186,17 @@ fn insert_tickets(client: &mut SpiClient<'_>, raffle: i64, count: usize, code_le
 /// Insert every code with a plain INSERT inside a subtransaction: true when all went in,
 /// false (and nothing inserted) when one was already taken.
 fn insert_all_or_nothing(client: &mut SpiClient<'_>, raffle: i64, array: pg_sys::Datum) -> bool {
-    // SAFETY: the subtransaction dance of PL/Python's subtransactions: begin, then commit or
-    // roll back, restoring the caller's memory context and resource owner either way.
-    unsafe {
-        let (context, owner) = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(context);
-        let restore = || {
-            pg_sys::MemoryContextSwitchTo(context);
-            pg_sys::CurrentResourceOwner = owner;
-        };
+    subtransaction::attempt(|| {
         PgTryBuilder::new(AssertUnwindSafe(|| {
-            let args = [raffle.into(), spi_plans::arg(array, pg_sys::TEXTARRAYOID)];
-            spi_plans::run(client, INSERT_TICKETS, &[INT8, TEXT_ARRAY], &args);
-            pg_sys::ReleaseCurrentSubTransaction();
-            restore();
-            true
+            // SAFETY: the array built by codes_to_text_array, alive for the call.
+            let args = [raffle.into(), unsafe { spi_plans::arg(array, pg_sys::TEXTARRAYOID) }];
+            spi_plans::run_as_owner(client, INSERT_TICKETS, &[INT8, TEXT_ARRAY], &args);
+            Some(())
         }))
-        .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, |_| {
-            pg_sys::RollbackAndReleaseCurrentSubTransaction();
-            restore();
-            false
-        })
+        .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, |_| None)
         .execute()
-    }
+    })
+    .is_some()
 }
 
 /// Up to `count` distinct random codes of `length` hex digits, as numbers, ascending.

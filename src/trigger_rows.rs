@@ -8,6 +8,57 @@ use pgrx::prelude::*;
 
 use crate::errors::raise;
 
+/// The `pg_finfo_*` record the server looks up beside a C function's symbol (version-1
+/// calling convention), for our hand-declared trigger entry points.
+macro_rules! finfo_v1 {
+    ($finfo:ident) => {
+        #[no_mangle]
+        #[doc(hidden)]
+        pub extern "C" fn $finfo() -> &'static pgrx::pg_sys::Pg_finfo_record {
+            const V1: pgrx::pg_sys::Pg_finfo_record = pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    };
+}
+pub(crate) use finfo_v1;
+
+/// What our trigger functions do with the trigger manager's call: refuse any other caller
+/// (`SELECT exactly.assign_invoice_number()` is 39P01, not a crash), run `body`, and hand
+/// the row it returns back. Declared by hand in sql/ rather than with `#[pg_trigger]`, which
+/// cannot pin the function's search_path and panics on a direct call.
+///
+/// # Safety
+/// `fcinfo` is the server's call of a trigger function of ours.
+pub unsafe fn entry(
+    fcinfo: pg_sys::FunctionCallInfo,
+    function: &str,
+    usage: &str,
+    body: impl for<'a> FnOnce(
+        &'a PgTrigger<'a>,
+    ) -> Result<
+        Option<PgHeapTuple<'a, pgrx::AllocatedByRust>>,
+        pgrx::datum::TryFromDatumError,
+    >,
+) -> pg_sys::Datum {
+    // SAFETY: the server passes a valid fcinfo; from_fcinfo checks it is a trigger call.
+    let Ok(trigger) = (unsafe { PgTrigger::from_fcinfo(&*fcinfo) }) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            format!("{function} is a trigger function: it can only be called by a trigger"),
+            usage,
+        )
+    };
+    let row = body(&trigger).unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            format!("{function} could not write the row of \"{}\": {e}", trigger.table_name().unwrap_or_default()),
+            usage,
+        )
+    });
+    // The trigger protocol returns the row, or a null pointer (never the isnull flag).
+    row.and_then(|row| row.into_trigger_datum()).unwrap_or(pg_sys::Datum::from(0))
+}
+
 /// The columns of the trigger's table, in attribute-number order (attno 1 at index 0).
 pub fn attributes<'a>(trigger: &PgTrigger<'a>) -> &'a [pg_sys::FormData_pg_attribute] {
     // SAFETY: the trigger manager hands us the relation, open and locked, with its descriptor.

@@ -35,6 +35,13 @@ pub enum LockSpace {
     TicketBatchKey = 105,
     /// one lock per raffle, held by whoever creates its tickets
     Raffle = 106,
+    /// one lock per (table, key) of a user's table, held by whoever writes that row through
+    /// find_or_create, increment or complete_batch: last, so a counter bumped after the
+    /// rest of a transaction's work waits in line instead of failing
+    UserRow = 107,
+    /// not a lock: marks a transaction that holds row locks taken outside the order (a
+    /// claim's picked rows); from then on it never waits for a lock of ours
+    RowsOutsideTheOrder = 200,
     /// the application's named locks (`exactly.lock`): never taken through
     /// `lock_exclusive_in_order`, they wait like any lock-manager lock, deadlock-detected
     Named = 110,
@@ -43,8 +50,30 @@ pub enum LockSpace {
 thread_local! {
     /// The highest (space, name) this backend's current transaction locked in order, tagged
     /// with the transaction's local id: stale, and ignored, once that transaction has ended.
-    static HIGHEST_IN_ORDER: RefCell<Option<(pg_sys::LocalTransactionId, LockSpace, String)>> =
+    static HIGHEST_IN_ORDER: RefCell<Option<(pg_sys::LocalTransactionId, LockSpace, Vec<u8>)>> =
         const { RefCell::new(None) };
+}
+
+/// This backend's current top-level transaction, as the lock manager counts them.
+fn local_transaction_id() -> pg_sys::LocalTransactionId {
+    // SAFETY: MyProc is this backend's PGPROC, set before any SQL runs.
+    unsafe { (*pg_sys::MyProc).lxid }
+}
+
+/// Record that the current transaction holds row locks outside the lock order (rows a
+/// claim picked and locked): waiting for any lock of ours from now on could close a cycle
+/// through them, so every later lock is only taken if free (else 40001).
+pub fn hold_rows_outside_the_order() {
+    HIGHEST_IN_ORDER.with(|highest| {
+        *highest.borrow_mut() = Some((local_transaction_id(), LockSpace::RowsOutsideTheOrder, vec![]))
+    });
+}
+
+/// Whether the current transaction holds any lock of ours (in order or not): then it must
+/// not wait for a row lock that no lock of ours queues (it could close a cycle).
+pub fn holds_locks_in_order() -> bool {
+    let xact = local_transaction_id();
+    HIGHEST_IN_ORDER.with(|highest| matches!(&*highest.borrow(), Some((x, _, _)) if *x == xact))
 }
 
 /// Take `name`'s lock in `space`, waiting in line if another transaction holds it; released
@@ -54,33 +83,42 @@ thread_local! {
 /// form. A lock that sorts before one already held is taken only if it is free; if it is
 /// not, waiting could close a cycle, and the call fails with a serialization failure
 /// (40001) to retry instead. The rows these locks guard are written only by holders.
-pub fn lock_exclusive_in_order(space: LockSpace, name: &str) {
-    // SAFETY: MyProc is this backend's PGPROC, set before any SQL runs.
-    let xact = unsafe { (*pg_sys::MyProc).lxid };
+pub fn lock_exclusive_in_order(space: LockSpace, name: impl AsRef<[u8]>) {
+    let name = name.as_ref();
+    let xact = local_transaction_id();
     let after_all_held = HIGHEST_IN_ORDER.with(|highest| match &*highest.borrow() {
-        Some((x, s, n)) if *x == xact => (space, name) >= (*s, n.as_str()),
+        Some((x, s, n)) if *x == xact => (space, name) >= (*s, n.as_slice()),
         _ => true,
     });
     if after_all_held {
         acquire(space, name, false);
         HIGHEST_IN_ORDER
-            .with(|highest| *highest.borrow_mut() = Some((xact, space, name.to_string())));
+            .with(|highest| *highest.borrow_mut() = Some((xact, space, name.to_vec())));
     } else if !acquire(space, name, true) {
         raise(
             PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
             format!(
-                "\"{name}\" is busy, and this transaction already holds a lock that sorts after it; \
-                 waiting could deadlock"
+                "{} is busy, and this transaction already holds a lock that sorts after it; \
+                 waiting could deadlock",
+                describe(space, name)
             ),
             "retry the transaction; taking accounts, tenants or raffles in ascending order never needs a retry",
         );
     }
 }
 
+/// What a lock is for, for messages: the name when it is text, else the kind of lock.
+fn describe(space: LockSpace, name: &[u8]) -> String {
+    match (space, std::str::from_utf8(name)) {
+        (LockSpace::UserRow, _) | (_, Err(_)) => "a row of this key".to_string(),
+        (_, Ok(text)) => format!("\"{text}\""),
+    }
+}
+
 /// LockAcquire on our tag, exclusive, to the end of the transaction; with `no_wait`, false
 /// when another transaction holds it. Without, it waits (deadlock-detected, and subject to
 /// `lock_timeout`), so only `lock_exclusive_in_order` and the named locks call it.
-pub fn acquire(space: LockSpace, name: &str, no_wait: bool) -> bool {
+pub fn acquire(space: LockSpace, name: impl AsRef<[u8]>, no_wait: bool) -> bool {
     let tag = tag(space, name);
     // SAFETY: a well-formed tag; an error (deadlock, cancel) longjmps out as an ERROR.
     let result = unsafe {
@@ -96,8 +134,8 @@ pub fn acquire(space: LockSpace, name: &str, no_wait: bool) -> bool {
 
 /// The advisory lock tag of `name` in `space`: as `pg_locks` shows it, classid and objid
 /// hold the hash's high and low halves and objsubid the space.
-pub fn tag(space: LockSpace, name: &str) -> pg_sys::LOCKTAG {
-    let hash = fnv1a64(name.as_bytes());
+pub fn tag(space: LockSpace, name: impl AsRef<[u8]>) -> pg_sys::LOCKTAG {
+    let hash = fnv1a64(name.as_ref());
     pg_sys::LOCKTAG {
         // SAFETY: MyDatabaseId is set once the backend is connected, before any SQL runs.
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),

@@ -1,31 +1,35 @@
-//! The upgrade from the released 0.1.0 (its install script is kept in sql/released/) to
-//! this version gives the same extension as a fresh install: the same functions, tables,
-//! columns, indexes and dump marks, and the new functions work.
+//! Upgrades from every released version (their install scripts are kept in sql/released/)
+//! to this one give the same extension as a fresh install: the same functions (with their
+//! settings and security), tables, columns, indexes, triggers, privileges and dump marks;
+//! the data from before is kept and converted, and the functions work on it.
 
 mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Client, Cluster};
+use common::{Client, Cluster, NoTls};
 
-/// Put the released 0.1.0 install script next to this version's in the server's extension
+/// Put the released install scripts next to this version's in the server's extension
 /// directory (as root, or through sudo, as `cargo pgrx install` does).
-fn install_released_script() {
+fn install_released_scripts() {
     let pg_config = std::env::var("PG_CONFIG")
         .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
     let out = Command::new(pg_config).arg("--sharedir").output().unwrap();
     let extension_dir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("extension");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sql/released/pg_exactly--0.1.0.sql");
-    let copied = std::fs::copy(&script, extension_dir.join("pg_exactly--0.1.0.sql")).is_ok()
-        || Command::new("sudo")
-            .arg("cp")
-            .arg(&script)
-            .arg(&extension_dir)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-    assert!(copied, "could not copy {} into {}", script.display(), extension_dir.display());
+    for version in ["0.1.0", "0.2.0"] {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("sql/released/pg_exactly--{version}.sql"));
+        let copied = std::fs::copy(&script, extension_dir.join(script.file_name().unwrap())).is_ok()
+            || Command::new("sudo")
+                .arg("cp")
+                .arg(&script)
+                .arg(&extension_dir)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+        assert!(copied, "could not copy {} into {}", script.display(), extension_dir.display());
+    }
 }
 
 /// Everything the extension defines, one line per object, sorted.
@@ -33,6 +37,9 @@ fn definitions(client: &mut Client) -> Vec<String> {
     let sql = "
         SELECT 'function ' || p.proname || '(' || pg_get_function_arguments(p.oid) || ') '
                || pg_get_function_result(p.oid) || ' ' || p.provolatile::text || p.proparallel::text
+               || CASE WHEN p.prosecdef THEN ' security definer' ELSE '' END
+               || coalesce(' ' || array_to_string(p.proconfig, ','), '')
+               || coalesce(' acl ' || p.proacl::text, '')
         FROM pg_proc p WHERE p.pronamespace = 'exactly'::regnamespace
         UNION ALL
         SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
@@ -49,55 +56,154 @@ fn definitions(client: &mut Client) -> Vec<String> {
         SELECT 'reloptions ' || c.relname || ' ' || array_to_string(c.reloptions, ',')
         FROM pg_class c WHERE c.relnamespace = 'exactly'::regnamespace AND c.reloptions IS NOT NULL
         UNION ALL
+        SELECT 'acl ' || c.relname || ' ' || coalesce(c.relacl::text, 'default')
+        FROM pg_class c WHERE c.relnamespace = 'exactly'::regnamespace AND c.relkind IN ('r', 'S')
+        UNION ALL
+        SELECT 'schema acl ' || coalesce(n.nspacl::text, 'default') FROM pg_namespace n WHERE n.nspname = 'exactly'
+        UNION ALL
+        SELECT 'trigger ' || pg_get_triggerdef(t.oid)
+        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+        WHERE c.relnamespace = 'exactly'::regnamespace AND NOT t.tgisinternal
+        UNION ALL
+        SELECT 'comment ' || c.relname || ' ' || coalesce(obj_description(c.oid, 'pg_class'), '')
+        FROM pg_class c WHERE c.relnamespace = 'exactly'::regnamespace AND c.relkind = 'r'
+        UNION ALL
         SELECT 'dumped ' || x::regclass::text
         FROM pg_extension e, unnest(e.extconfig) x WHERE e.extname = 'pg_exactly'
         ORDER BY 1";
     client.query(sql, &[]).unwrap().iter().map(|r| r.get(0)).collect()
 }
 
-#[test]
-fn upgrading_from_0_1_0_gives_the_same_extension_as_installing_this_version() {
-    install_released_script();
-    let cluster = Cluster::start(); // database postgres: a fresh install of this version
-    let mut fresh = cluster.connect();
-    fresh.batch_execute("CREATE DATABASE upgraded").unwrap();
+fn version(client: &mut Client) -> String {
+    client
+        .query_one("SELECT extversion FROM pg_extension WHERE extname = 'pg_exactly'", &[])
+        .unwrap()
+        .get(0)
+}
+
+/// A database `name` in `cluster` with pg_exactly `from` installed, `before` run, then
+/// updated to this version.
+fn upgraded(cluster: &Cluster, name: &str, from: &str, before: &str) -> Client {
+    cluster.connect().batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
     let mut config = cluster.config();
-    let mut upgraded = config.dbname("upgraded").connect(common::NoTls).unwrap();
-    upgraded
-        .batch_execute(
-            "CREATE EXTENSION pg_exactly VERSION '0.1.0';
-             SELECT exactly.append_payment('before the upgrade', 10);
-             ALTER EXTENSION pg_exactly UPDATE;",
-        )
+    let mut client = config.dbname(name).connect(NoTls).unwrap();
+    client
+        .batch_execute(&format!("CREATE EXTENSION pg_exactly VERSION '{from}'; {before}"))
         .unwrap();
-    let version: String = upgraded
-        .query_one("SELECT extversion FROM pg_extension WHERE extname = 'pg_exactly'", &[])
-        .unwrap()
-        .get(0);
-    let fresh_version: String = fresh
-        .query_one("SELECT extversion FROM pg_extension WHERE extname = 'pg_exactly'", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(version, fresh_version);
-    assert_ne!(version, "0.1.0");
-    let (want, got) = (definitions(&mut fresh), definitions(&mut upgraded));
-    assert!(want.iter().any(|d| d.starts_with("function find_or_create(")), "{want:#?}");
-    assert!(want.iter().any(|d| d.starts_with("column claims.claim ")), "{want:#?}");
+    client.batch_execute("ALTER EXTENSION pg_exactly UPDATE").unwrap();
+    client
+}
+
+fn assert_same_as_fresh(fresh: &mut Client, upgraded: &mut Client, from: &str) {
+    assert_eq!(version(upgraded), version(fresh), "updating from {from}");
+    assert_ne!(version(upgraded), from);
+    let (want, got) = (definitions(fresh), definitions(upgraded));
+    assert!(want.iter().any(|d| d.starts_with("function grant_usage(")), "{want:#?}");
+    assert!(want.iter().any(|d| d.starts_with("trigger ")), "{want:#?}");
     let missing: Vec<_> = want.iter().filter(|d| !got.contains(d)).collect();
     let extra: Vec<_> = got.iter().filter(|d| !want.contains(d)).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "missing after the upgrade: {missing:#?}\nnot in a fresh install: {extra:#?}");
-    // the data from before is kept, and the new functions work
-    upgraded
-        .batch_execute(
-            "SELECT exactly.append_payment('before the upgrade', 5);
-             CREATE TABLE counters (key text PRIMARY KEY, value int DEFAULT 0);
-             SELECT exactly.increment('counters', '{\"key\": \"k\"}', 'value');
-             SELECT exactly.lock('after the upgrade');",
-        )
-        .unwrap();
-    let balance: String = upgraded
-        .query_one("SELECT balance::text FROM exactly.accounts WHERE account = 'before the upgrade'", &[])
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "from {from}: missing after the upgrade: {missing:#?}\nnot in a fresh install: {extra:#?}"
+    );
+}
+
+#[test]
+fn upgrading_from_every_released_version_gives_the_same_extension_as_installing_this_one() {
+    install_released_scripts();
+    let cluster = Cluster::start(); // database postgres: a fresh install of this version
+    let mut fresh = cluster.connect();
+    for from in ["0.1.0", "0.2.0"] {
+        let name = format!("from_{}", from.replace('.', "_"));
+        let mut client = upgraded(&cluster, &name, from, "SELECT exactly.append_payment('before the upgrade', 10);");
+        assert_same_as_fresh(&mut fresh, &mut client, from);
+        // the data from before is kept, and the functions work
+        client
+            .batch_execute(
+                "SELECT exactly.append_payment('before the upgrade', 5);
+                 CREATE TABLE counters (key text PRIMARY KEY, value int DEFAULT 0);
+                 SELECT exactly.increment('counters', '{\"key\": \"k\"}', 'value');
+                 SELECT exactly.lock('after the upgrade');",
+            )
+            .unwrap();
+        let balance: String = client
+            .query_one("SELECT balance::text FROM exactly.accounts WHERE account = 'before the upgrade'", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(balance, "15", "from {from}");
+        let ok: bool = client.query_one("SELECT bool_and(ok) FROM exactly.verify_ledger()", &[]).unwrap().get(0);
+        assert!(ok, "from {from}");
+    }
+}
+
+/// A database in use under 0.2.0 — invoice counters, an application role with the 0.2.0
+/// README's grants, a live claim and failure records keyed by text (written as 0.2.0 wrote
+/// them: its functions cannot run on this version's library) — keeps working after the
+/// update: numbering goes on where it was, the role's write access is gone until
+/// grant_usage gives it what it needs, and the claim completes exactly its rows.
+#[test]
+fn a_database_in_use_under_0_2_0_keeps_its_state_and_claims_after_the_update() {
+    install_released_scripts();
+    let cluster = Cluster::start();
+    let mut client = upgraded(
+        &cluster,
+        "in_use",
+        "0.2.0",
+        "CREATE ROLE app LOGIN;
+         GRANT USAGE ON SCHEMA exactly TO app;
+         GRANT SELECT, INSERT, UPDATE ON exactly.invoice_sequences TO app;
+         GRANT SELECT, INSERT, UPDATE ON exactly.accounts, exactly.payments, exactly.table_balances TO app;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON exactly.claims, exactly.claim_attempts TO app;
+         INSERT INTO exactly.invoice_sequences (tenant, prefix, next_value) VALUES ('11', '11', 4);
+         SET DateStyle = 'SQL, DMY';
+         CREATE TABLE jobs (day date PRIMARY KEY, done_at timestamptz);
+         INSERT INTO jobs SELECT d::date FROM generate_series('2026-01-01'::date, '2026-01-10', '1 day') d;
+         -- 0.2.0 kept keys as the key's text under the claimer's settings: 1 to 4 January
+         INSERT INTO exactly.claims (claim, rel, done_column, row_keys, leased_until)
+         VALUES ('00000000-0000-0000-0000-000000000001', 'jobs', 'done_at',
+                 '{01/01/2026,02/01/2026,03/01/2026,04/01/2026}', now() + interval '1 hour');
+         INSERT INTO exactly.claim_attempts (rel, row_key, failed_attempts, last_failed_at)
+         VALUES ('jobs', '05/01/2026', 1, now()), ('jobs', '06/01/2026', 2, now()),
+                ('jobs', 'not a date', 1, now());",
+    );
+    // the counter continues at the same next number
+    let next: String = client.query_one("SELECT exactly.next_invoice_number('11')", &[]).unwrap().get(0);
+    assert_eq!(next, "11-00000004");
+    // the failure records now name their rows by key; one that no longer reads back is gone
+    let attempts: Vec<String> = client
+        .query("SELECT key::text || ' ' || failed_attempts FROM exactly.claim_attempts ORDER BY key::text", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(attempts, ["{\"day\": \"05/01/2026\"} 1", "{\"day\": \"06/01/2026\"} 2"]);
+    // the live claim from 0.2.0 holds its rows and completes exactly them, under any DateStyle
+    client.batch_execute("SET DateStyle = 'SQL, MDY'").unwrap();
+    let claimed: i64 = client
+        .query_one("SELECT count(*) FROM exactly.claim_batch('jobs', 'done_at', 100)", &[])
         .unwrap()
         .get(0);
-    assert_eq!(balance, "15");
+    assert_eq!(claimed, 6, "the live claim's four rows are not handed out again");
+    let marked: i64 = client
+        .query_one("SELECT exactly.complete_batch('00000000-0000-0000-0000-000000000001')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(marked, 4);
+    let done: Vec<String> = client
+        .query("SELECT to_char(day, 'YYYY-MM-DD') FROM jobs WHERE done_at IS NOT NULL ORDER BY day", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(done, ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"]);
+    // the role's 0.2.0 write access is gone; grant_usage gives it what 0.3.0 documents
+    let mut config = cluster.config();
+    let mut app = config.dbname("in_use").user("app").connect(NoTls).unwrap();
+    let refused = app.execute("UPDATE exactly.invoice_sequences SET next_value = 1", &[]);
+    assert_eq!(common::sqlstate(refused), "42501");
+    assert_eq!(common::sqlstate(app.query("SELECT exactly.next_invoice_number('11')", &[])), "42501");
+    client.batch_execute("SELECT exactly.grant_usage('app')").unwrap();
+    let next: String = app.query_one("SELECT exactly.next_invoice_number('11')", &[]).unwrap().get(0);
+    assert_eq!(next, "11-00000005");
+    assert_eq!(common::sqlstate(app.execute("UPDATE exactly.invoice_sequences SET next_value = 1", &[])), "42501");
 }
