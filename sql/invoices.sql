@@ -23,5 +23,5 @@ SELECT pg_catalog.pg_extension_config_dump('exactly.invoice_sequences', '');
 -- BEFORE INSERT ... FOR EACH ROW EXECUTE FUNCTION
 -- exactly.assign_invoice_number('tenant_column', 'number_column'): src/invoices.rs.
 CREATE FUNCTION exactly.assign_invoice_number() RETURNS trigger
-LANGUAGE c SET search_path = pg_catalog, pg_temp
+LANGUAGE c
 AS 'MODULE_PATHNAME', 'assign_invoice_number_wrapper';

@@ -102,7 +102,7 @@ SELECT pg_catalog.pg_extension_config_dump('exactly.table_balances', '');
 -- exactly.maintain_running_balance('amount_column', 'running_balance_column'[, 'account_column']):
 -- src/ledger.rs.
 CREATE FUNCTION exactly.maintain_running_balance() RETURNS trigger
-LANGUAGE c SET search_path = pg_catalog, pg_temp
+LANGUAGE c
 AS 'MODULE_PATHNAME', 'maintain_running_balance_wrapper';
 
 -- An application may insert an account beforehand to set its limit (exactly.grant_usage

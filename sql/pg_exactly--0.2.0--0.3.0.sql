@@ -1,7 +1,7 @@
 -- pg_exactly 0.2.0 -> 0.3.0: hardening.
 --
--- * Every function runs with a pinned search_path (pg_catalog, pg_temp); every statement it
---   writes is schema-qualified, operators included (the library does that).
+-- * Every statement pg_exactly writes is schema-qualified, operators included (the library
+--   does that); its SQL functions run with a pinned search_path.
 -- * PUBLIC may execute nothing; exactly.grant_usage(role) gives an application role what
 --   it needs. Privileges roles were given on schema exactly under 0.2.0 (the 0.2.0
 --   README's GRANTs let them write state tables directly) are revoked here: run
@@ -10,26 +10,6 @@
 -- * Claims record keys in their stored form, not as text: live claims and failure records
 --   are converted.
 -- * New: exactly.grant_usage, exactly.purge_claim_attempts, the check on new accounts.
-
--- Pinned search_path for the functions of 0.2.0.
-ALTER FUNCTION exactly.append_payment(numeric) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION exactly.append_payment(text, numeric, text) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION exactly.append_payments(text, numeric[]) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION exactly.batch_create_tickets(bigint, int, text) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION exactly.claim_batch(regclass, text, int, interval) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION exactly.complete_batch(uuid) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION exactly.define_invoice_sequence(text, text, int) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION exactly.extend_claim(uuid, interval) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION exactly.find_or_create(regclass, jsonb, jsonb) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION exactly.increment(regclass, jsonb, text, numeric) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION exactly.lock(text, interval) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION exactly.lock_status(text) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION exactly.next_invoice_number(text) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION exactly.next_invoice_numbers(text, int) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION exactly.release_claim(uuid) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION exactly.try_lock(text) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION exactly.assign_invoice_number() SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION exactly.maintain_running_balance() SET search_path = pg_catalog, pg_temp;
 
 -- verify_ledger: every name qualified, search_path pinned.
 CREATE OR REPLACE FUNCTION exactly.verify_ledger(account text DEFAULT NULL)
@@ -118,7 +98,7 @@ CREATE TRIGGER check_new_account BEFORE INSERT ON exactly.accounts
 -- claim whose keys no longer read back is dropped (its rows are pending again); so is a
 -- failure record. The function doing it exists only during this script.
 CREATE FUNCTION exactly.claim_key_of_0_2_text(regclass, text) RETURNS bytea
-LANGUAGE c STRICT SET search_path = pg_catalog, pg_temp
+LANGUAGE c STRICT
 AS 'MODULE_PATHNAME', 'claim_key_of_0_2_text';
 
 ALTER TABLE exactly.claims RENAME COLUMN row_keys TO row_keys_0_2;

@@ -142,7 +142,6 @@ const RELEASE: &str = "WITH released AS (
 /// Hand up to `batch` pending rows of `rel` (`done_column IS NULL`, held by no live claim)
 /// to a new claim for `lease`; one result row per claimed row, none when nothing is pending.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn claim_batch(
     rel: Option<RelArg>,
     done_column: Option<&str>,
@@ -518,7 +517,6 @@ unsafe fn array_of(values: &[pg_sys::Datum], element: pg_sys::Oid) -> pg_sys::Da
 /// how many rows it marked. A claim whose lease ran out, or that was completed or released
 /// already, marks nothing and returns 0.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn complete_batch(claim: Option<Uuid>) -> i64 {
     let claim = required(claim, "claim");
     Spi::connect_mut(|client| {
@@ -699,7 +697,6 @@ fn wait_for_row(
 /// Give a live claim `lease` more time from now; returns how many rows it holds, 0 when it
 /// is stale (then its rows may be in another claim already: stop working on them).
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn extend_claim(claim: Option<Uuid>, lease: default!(Option<Interval>, "'5 minutes'")) -> i64 {
     let claim = required(claim, "claim");
     let lease = required(lease, "lease");
@@ -716,7 +713,6 @@ fn extend_claim(claim: Option<Uuid>, lease: default!(Option<Interval>, "'5 minut
 
 /// Give a live claim's rows back now, undone (a failed attempt for each); returns how many.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn release_claim(claim: Option<Uuid>) -> i64 {
     let claim = required(claim, "claim");
     Spi::connect_mut(|client| spi_plans::run_as_owner(client, RELEASE, &[UUID], &[claim.into()]).len() as i64)
@@ -833,4 +829,4 @@ pub unsafe extern "C-unwind" fn claim_key_of_0_2_text(fcinfo: pg_sys::FunctionCa
         }
     }
 }
-crate::trigger_rows::finfo_v1!(pg_finfo_claim_key_of_0_2_text);
+crate::finfo_v1!(pg_finfo_claim_key_of_0_2_text);

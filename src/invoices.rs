@@ -111,14 +111,12 @@ fn draw_from_row(client: &mut SpiClient<'_>, tenant: &str, count: i64) -> Option
 
 /// The next invoice number of `tenant`, e.g. `11-00000001`.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn next_invoice_number(tenant: Option<&str>) -> String {
     draw(required(tenant, "tenant"), 1).format(0)
 }
 
 /// `n` consecutive invoice numbers of `tenant`, in order.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn next_invoice_numbers(tenant: Option<&str>, n: Option<i32>) -> SetOfIterator<'static, String> {
     let tenant = required(tenant, "tenant");
     let n = required(n, "n");
@@ -136,7 +134,6 @@ fn next_invoice_numbers(tenant: Option<&str>, n: Option<i32>) -> SetOfIterator<'
 /// Create `tenant`'s numbering, or change its prefix and width. Numbers already drawn keep
 /// their text; the counter is never touched.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn define_invoice_sequence(
     tenant: Option<&str>,
     prefix: Option<&str>,
@@ -179,7 +176,7 @@ pub unsafe extern "C-unwind" fn assign_invoice_number_wrapper(
     // SAFETY: the server's call of our trigger function.
     unsafe { trigger_rows::entry(fcinfo, "exactly.assign_invoice_number()", USAGE, assign_invoice_number) }
 }
-trigger_rows::finfo_v1!(pg_finfo_assign_invoice_number_wrapper);
+crate::finfo_v1!(pg_finfo_assign_invoice_number_wrapper);
 
 fn assign_invoice_number<'a>(
     trigger: &'a PgTrigger<'a>,

@@ -77,7 +77,6 @@ const BY_IDEMPOTENCY_KEY: &str = "SELECT p, p.account, p.amount FROM exactly.pay
 
 /// Append `amount` to the default account (the seed's single ledger).
 #[pg_extern(name = "append_payment", volatile, parallel_unsafe, requires = ["ledger_schema"])]
-#[search_path(pg_catalog, pg_temp)]
 fn append_payment_default(
     amount: Option<AnyNumeric>,
 ) -> pgrx::composite_type!('static, "exactly.payments") {
@@ -87,7 +86,6 @@ fn append_payment_default(
 /// Append `amount` to `account`; returns the new entry with its running balance. With an
 /// idempotency key, a repeat returns the first entry and appends nothing.
 #[pg_extern(volatile, parallel_unsafe, requires = ["ledger_schema"])]
-#[search_path(pg_catalog, pg_temp)]
 fn append_payment(
     account: Option<&str>,
     amount: Option<AnyNumeric>,
@@ -100,7 +98,6 @@ fn append_payment(
 
 /// Append many amounts to `account` under one lock, in array order; returns the entries.
 #[pg_extern(volatile, parallel_unsafe, requires = ["ledger_schema"])]
-#[search_path(pg_catalog, pg_temp)]
 fn append_payments(
     account: Option<&str>,
     amounts: Option<Array<'_, AnyNumeric>>,
@@ -279,7 +276,7 @@ pub unsafe extern "C-unwind" fn maintain_running_balance_wrapper(
         trigger_rows::entry(fcinfo, "exactly.maintain_running_balance()", USAGE, maintain_running_balance)
     }
 }
-trigger_rows::finfo_v1!(pg_finfo_maintain_running_balance_wrapper);
+crate::finfo_v1!(pg_finfo_maintain_running_balance_wrapper);
 
 fn maintain_running_balance<'a>(
     trigger: &'a PgTrigger<'a>,

@@ -2,6 +2,21 @@
 
 ::pgrx::pg_module_magic!(name, version);
 
+/// The `pg_finfo_*` record the server looks up beside a C function's symbol (version-1
+/// calling convention), for the entry points declared by hand in sql/ (triggers, and the
+/// 0.2.0 upgrade's key conversion) rather than by `#[pg_extern]`.
+macro_rules! finfo_v1 {
+    ($finfo:ident) => {
+        #[no_mangle]
+        #[doc(hidden)]
+        pub extern "C" fn $finfo() -> &'static pgrx::pg_sys::Pg_finfo_record {
+            const V1: pgrx::pg_sys::Pg_finfo_record = pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    };
+}
+pub(crate) use finfo_v1;
+
 mod claims;
 mod errors;
 mod invoices;

@@ -32,7 +32,6 @@ const STATUS: &str = "SELECT l.pid, l.granted, l.waitstart, a.xact_start, a.stat
 /// Lock `name` until the end of the transaction, waiting for its holder; with `timeout`,
 /// give up after that long with 55P03.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn lock(name: Option<&str>, timeout: default!(Option<Interval>, "NULL")) {
     let name = required(name, "name");
     non_empty(name, "name", "'third_party_sync'");
@@ -81,7 +80,6 @@ fn timed_out(name: &str, timeout: &Interval) -> ! {
 
 /// Lock `name` until the end of the transaction if no other transaction holds it.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn try_lock(name: Option<&str>) -> bool {
     let name = required(name, "name");
     non_empty(name, "name", "'third_party_sync'");
@@ -90,7 +88,6 @@ fn try_lock(name: Option<&str>) -> bool {
 
 /// The sessions holding (granted) and waiting for `name`, from pg_locks and pg_stat_activity.
 #[pg_extern(volatile, parallel_safe)]
-#[search_path(pg_catalog, pg_temp)]
 fn lock_status(
     name: Option<&str>,
 ) -> TableIterator<

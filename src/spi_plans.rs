@@ -30,8 +30,8 @@ pub fn run_as_owner<'conn>(
 
 /// Run `sql` (a statement with `$n` parameters of `types`) through its kept plan,
 /// preparing it on first use in this backend, with the caller's rights. Every name in
-/// `sql` is schema-qualified, operators included: the functions pin their search_path,
-/// and no object anyone creates anywhere may run in our statements.
+/// `sql` is schema-qualified, operators included, so whatever the caller's search_path,
+/// no object anyone creates anywhere is resolved in our statements.
 pub fn run<'conn>(
     client: &mut SpiClient<'conn>,
     sql: &'static str,

@@ -46,7 +46,6 @@ const COUNT_CREATED: &str = "UPDATE exactly.raffles \
 /// Create up to `n` tickets for `raffle`; returns how many this call created. With
 /// `batch_key`, a repeat of the key creates nothing and returns the first call's count.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn batch_create_tickets(
     raffle: Option<i64>,
     n: Option<i32>,

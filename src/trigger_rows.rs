@@ -8,24 +8,10 @@ use pgrx::prelude::*;
 
 use crate::errors::raise;
 
-/// The `pg_finfo_*` record the server looks up beside a C function's symbol (version-1
-/// calling convention), for our hand-declared trigger entry points.
-macro_rules! finfo_v1 {
-    ($finfo:ident) => {
-        #[no_mangle]
-        #[doc(hidden)]
-        pub extern "C" fn $finfo() -> &'static pgrx::pg_sys::Pg_finfo_record {
-            const V1: pgrx::pg_sys::Pg_finfo_record = pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
-            &V1
-        }
-    };
-}
-pub(crate) use finfo_v1;
-
 /// What our trigger functions do with the trigger manager's call: refuse any other caller
 /// (`SELECT exactly.assign_invoice_number()` is 39P01, not a crash), run `body`, and hand
-/// the row it returns back. Declared by hand in sql/ rather than with `#[pg_trigger]`, which
-/// cannot pin the function's search_path and panics on a direct call.
+/// the row it returns back. Declared by hand in sql/ rather than with `#[pg_trigger]`, whose
+/// wrapper panics (XX000) when it is not called by the trigger manager.
 ///
 /// # Safety
 /// `fcinfo` is the server's call of a trigger function of ours.

@@ -42,7 +42,6 @@ const MAX_ROUNDS: usize = 10;
 /// The row for `key` in `rel`, inserted with `defaults` (and the columns' own defaults and
 /// the table's triggers) when there is none, and whether this call inserted it.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn find_or_create(
     rel: Option<RelArg>,
     key: Option<JsonB>,
@@ -133,7 +132,6 @@ fn find_or_create(
 /// Add `by` to column `col` of the row for `key` in `rel`, creating the row (with `col =
 /// by`) when there is none; returns the new value. A NULL in `col` counts as 0.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn increment(
     rel: Option<RelArg>,
     key: Option<JsonB>,

@@ -914,3 +914,42 @@ fn at_repeatable_read_a_key_created_after_our_snapshot_is_found_or_refused() {
          while waiting on them: {committed_while_waiting}; increment: {incremented}"
     );
 }
+
+/// The caller's own code on its table — a trigger written as most are, with unqualified
+/// names, resolved through the caller's search_path — works when pg_exactly's functions
+/// write the table: they resolve nothing by name themselves, so they leave the caller's
+/// search_path as it is for the caller's code.
+#[test]
+fn the_tables_own_triggers_see_the_callers_search_path() {
+    let cluster = Cluster::start();
+    let mut client = cluster.connect();
+    client
+        .batch_execute(
+            "CREATE SCHEMA app;
+             SET search_path = app, public;
+             CREATE TABLE audit (what text);
+             CREATE TABLE items (key text PRIMARY KEY, n int NOT NULL DEFAULT 0, done_at timestamptz);
+             CREATE FUNCTION audited() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO audit VALUES (TG_OP || ' ' || NEW.key);
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER audited AFTER INSERT OR UPDATE ON items FOR EACH ROW EXECUTE FUNCTION audited();",
+        )
+        .unwrap();
+    client
+        .batch_execute(
+            "SELECT * FROM exactly.find_or_create('items', '{\"key\": \"a\"}');
+             SELECT exactly.increment('items', '{\"key\": \"a\"}', 'n');
+             SELECT exactly.increment('items', '{\"key\": \"b\"}', 'n');
+             SELECT exactly.complete_batch(claim) FROM (SELECT DISTINCT claim FROM exactly.claim_batch('items', 'done_at')) c;",
+        )
+        .unwrap();
+    let audit: Vec<String> = client
+        .query("SELECT what FROM app.audit ORDER BY what", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(audit, ["INSERT a", "INSERT b", "UPDATE a", "UPDATE a", "UPDATE b"]);
+}
