@@ -45,15 +45,23 @@ pub fn non_empty(value: &str, argument: &str, example: &str) {
 #[track_caller]
 pub fn finite(value: &AnyNumeric, argument: &str) {
     // SAFETY: a numeric datum of our own copy of the value, alive for the call.
-    let infinite = unsafe {
-        let datum = value.clone().into_datum().unwrap();
-        pg_sys::numeric_is_inf(datum.cast_mut_ptr())
-    };
-    if value.is_nan() || infinite {
+    if !unsafe { is_finite(value.clone().into_datum().unwrap()) } {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("{argument} must be a finite number, not {value}"),
             "NaN and Infinity cannot be added: the sum would be lost",
         );
+    }
+}
+
+/// Whether a numeric is neither NaN nor infinite.
+///
+/// # Safety
+/// `numeric` is a numeric datum.
+pub unsafe fn is_finite(numeric: pg_sys::Datum) -> bool {
+    // SAFETY: as the caller says.
+    unsafe {
+        let numeric = pg_sys::pg_detoast_datum_packed(numeric.cast_mut_ptr()).cast();
+        !pg_sys::numeric_is_nan(numeric) && !pg_sys::numeric_is_inf(numeric)
     }
 }

@@ -11,9 +11,11 @@
 use pgrx::datum::AnyNumeric;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use pgrx::callconv::{BoxRet, FcInfo};
+use pgrx::spi::SpiTupleTable;
 use pgrx::{pg_sys, AllocatedByRust, PgBuiltInOids};
 
-use crate::errors::{finite, non_empty, raise, required};
+use crate::errors::{self, finite, non_empty, raise, required};
 use crate::spi_plans;
 use crate::trigger_rows::{self, attributes, column, column_as_text};
 use crate::user_tables;
@@ -29,7 +31,38 @@ const NUMERIC: PgOid = PgOid::BuiltIn(PgBuiltInOids::NUMERICOID);
 const NUMERIC_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::NUMERICARRAYOID);
 const OID: PgOid = PgOid::BuiltIn(PgBuiltInOids::OIDOID);
 
-type Payment = pgrx::composite_type!('static, "exactly.payments");
+/// An `exactly.payments` row as the statement returned it, copied out of SPI's memory and
+/// handed to the server as is. (pgrx's composite wrapper takes a tuple-descriptor reference
+/// per row, which makes a million-row `append_payments` quadratic.)
+pub struct Payment(pg_sys::Datum);
+
+impl Payment {
+    /// A copy in `context` of the composite datum in column `ordinal` of the current row.
+    fn copy(context: pg_sys::MemoryContext, rows: &SpiTupleTable<'_>, ordinal: usize) -> Payment {
+        let datum = rows.get_datum_by_ordinal(ordinal).unwrap().expect("an entry row");
+        // SAFETY: a composite (varlena) datum of the SPI result.
+        Payment(unsafe { spi_plans::copy_out(context, datum) })
+    }
+}
+
+impl IntoDatum for Payment {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.0)
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::RECORDOID
+    }
+}
+
+// SAFETY: the datum is a composite in memory that outlives the call (see `copy`).
+unsafe impl BoxRet for Payment {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+        unsafe { fcinfo.return_raw_datum(self.0) }
+    }
+}
+
+pgrx::impl_sql_translatable!(Payment, "exactly.payments");
 
 /// Add `$2` to account `$1`, unless it is a withdrawal that would take the balance below
 /// `min_balance` (then nothing happens and no row comes back). Two plain statements, like
@@ -77,9 +110,7 @@ const BY_IDEMPOTENCY_KEY: &str = "SELECT p, p.account, p.amount FROM exactly.pay
 
 /// Append `amount` to the default account (the seed's single ledger).
 #[pg_extern(name = "append_payment", volatile, parallel_unsafe, requires = ["ledger_schema"])]
-fn append_payment_default(
-    amount: Option<AnyNumeric>,
-) -> pgrx::composite_type!('static, "exactly.payments") {
+fn append_payment_default(amount: Option<AnyNumeric>) -> Payment {
     append(DEFAULT_ACCOUNT, required(amount, "amount"), None)
 }
 
@@ -90,7 +121,7 @@ fn append_payment(
     account: Option<&str>,
     amount: Option<AnyNumeric>,
     idempotency_key: default!(Option<&str>, "NULL"),
-) -> pgrx::composite_type!('static, "exactly.payments") {
+) -> Payment {
     let account = required(account, "account");
     non_empty(account, "account", "'alice'");
     append(account, required(amount, "amount"), idempotency_key)
@@ -101,7 +132,7 @@ fn append_payment(
 fn append_payments(
     account: Option<&str>,
     amounts: Option<Array<'_, AnyNumeric>>,
-) -> SetOfIterator<'static, pgrx::composite_type!('static, "exactly.payments")> {
+) -> SetOfIterator<'static, Payment> {
     let account = required(account, "account");
     let amounts = required(amounts, "amounts");
     non_empty(account, "account", "'alice'");
@@ -125,20 +156,35 @@ fn append_payments(
             "pass the amounts in order as one list, e.g. '{5,-3,1.25}'",
         );
     }
-    // SAFETY: the same array, read again as numerics.
-    for amount in unsafe { Array::<AnyNumeric>::from_datum(amounts, false) }.unwrap().iter() {
-        check_amount(amount.as_ref());
+    // Each amount is looked at once, in place (an element-by-element iterator over a
+    // varlena array costs O(n) per element), and a cancel is heard along the way.
+    for (i, amount) in numerics(amounts).into_iter().enumerate() {
+        if i % 65_536 == 0 {
+            pgrx::check_for_interrupts!();
+        }
+        // SAFETY: an element of the numeric[] argument.
+        if !amount.is_some_and(|a| unsafe { errors::is_finite(a) }) {
+            check_amount(amount.map(|a| unsafe { AnyNumeric::from_datum(a, false) }.unwrap()).as_ref());
+        }
     }
     lock_exclusive_in_order(LockSpace::Account, account);
+    // SAFETY: the caller's context (the set's rows live there); entries are copied into it.
+    let outer = unsafe { pg_sys::CurrentMemoryContext };
     let payments = Spi::connect_mut(|client| {
         let run = |client: &mut SpiClient<'_>| {
             // SAFETY: the caller's numeric[] argument, alive for the whole call.
             let args = [account.into(), unsafe {
                 spi_plans::arg(amounts, pg_sys::NUMERICARRAYOID)
             }];
-            let rows = spi_plans::run_as_owner(client, APPEND_MANY, &[TEXT, NUMERIC_ARRAY], &args);
-            rows.map(|row| row.get::<Payment>(1).unwrap().unwrap())
-                .collect::<Vec<_>>()
+            let mut rows = spi_plans::run_as_owner(client, APPEND_MANY, &[TEXT, NUMERIC_ARRAY], &args);
+            let mut payments = Vec::with_capacity(rows.len());
+            while rows.next().is_some() {
+                if payments.len() % 65_536 == 0 {
+                    pgrx::check_for_interrupts!();
+                }
+                payments.push(Payment::copy(outer, &rows, 1));
+            }
+            payments
         };
         let payments = run(client);
         if !payments.is_empty() {
@@ -148,6 +194,27 @@ fn append_payments(
         run(client)
     });
     SetOfIterator::new(payments)
+}
+
+/// The elements of a one-dimensional numeric[] (None for a NULL), in order, in place.
+fn numerics(array: pg_sys::Datum) -> Vec<Option<pg_sys::Datum>> {
+    let (mut values, mut nulls, mut count) = (std::ptr::null_mut(), std::ptr::null_mut(), 0);
+    // SAFETY: a detoasted numeric[] argument; deconstruct_array palloc's the two lists.
+    unsafe {
+        pg_sys::deconstruct_array(
+            array.cast_mut_ptr(),
+            pg_sys::NUMERICOID,
+            -1,
+            false,
+            pg_sys::TYPALIGN_INT as std::ffi::c_char,
+            &mut values,
+            &mut nulls,
+            &mut count,
+        );
+        let values = std::slice::from_raw_parts(values, count as usize);
+        let nulls = std::slice::from_raw_parts(nulls, count as usize);
+        values.iter().zip(nulls).map(|(&v, &null)| (!null).then_some(v)).collect()
+    }
 }
 
 /// Refuse NULL, NaN and infinite amounts: none of them can be added to a balance.
@@ -168,9 +235,11 @@ fn append(account: &str, amount: AnyNumeric, idempotency_key: Option<&str>) -> P
         lock_exclusive_in_order(LockSpace::PaymentKey, key);
     }
     lock_exclusive_in_order(LockSpace::Account, account);
+    // SAFETY: the caller's context; the entry is copied into it from SPI's.
+    let outer = unsafe { pg_sys::CurrentMemoryContext };
     Spi::connect_mut(|client| {
         if let Some(key) = idempotency_key {
-            if let Some(first) = replay(client, key, account, &amount) {
+            if let Some(first) = replay(client, outer, key, account, &amount) {
                 return first;
             }
         }
@@ -197,7 +266,7 @@ fn append(account: &str, amount: AnyNumeric, idempotency_key: Option<&str>) -> P
             idempotency_key.into(),
         ];
         let rows = spi_plans::run_as_owner(client, INSERT_ENTRY, &[TEXT, NUMERIC, NUMERIC, TEXT], &args);
-        rows.first().get_one::<Payment>().unwrap().unwrap()
+        Payment::copy(outer, &rows.first(), 1)
     })
 }
 
@@ -205,6 +274,7 @@ fn append(account: &str, amount: AnyNumeric, idempotency_key: Option<&str>) -> P
 /// arguments. We hold the key's lock, so no other call with this key is in flight.
 fn replay(
     client: &mut SpiClient<'_>,
+    outer: pg_sys::MemoryContext,
     key: &str,
     account: &str,
     amount: &AnyNumeric,
@@ -228,7 +298,7 @@ fn replay(
             "an idempotency key names one payment: give a different payment its own key",
         );
     }
-    Some(row.get::<Payment>(1).unwrap().unwrap())
+    Some(Payment::copy(outer, &row, 1))
 }
 
 /// Called when an append changed nothing: either the account does not exist yet (create it;

@@ -66,3 +66,16 @@ pub fn run<'conn>(
 pub unsafe fn arg(datum: pg_sys::Datum, type_oid: pg_sys::Oid) -> DatumWithOid<'static> {
     DatumWithOid::new(datum, type_oid)
 }
+
+/// A copy in `context` of a varlena datum of an SPI result (a row, a jsonb): SPI's memory
+/// ends with the connection, the copy with `context`.
+///
+/// # Safety
+/// `datum` is a varlena value.
+pub unsafe fn copy_out(context: pg_sys::MemoryContext, datum: pg_sys::Datum) -> pg_sys::Datum {
+    // SAFETY: as the caller says; the copy is made whole (detoasted) in `context`.
+    unsafe {
+        pgrx::PgMemoryContexts::For(context)
+            .switch_to(|_| pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(datum.cast_mut_ptr())))
+    }
+}

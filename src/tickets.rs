@@ -236,7 +236,11 @@ fn random_codes(count: usize, length: usize) -> Vec<u128> {
 fn codes_to_text_array(codes: &[u128], length: usize) -> pg_sys::Datum {
     let mut datums: Vec<pg_sys::Datum> = codes
         .iter()
-        .map(|&code| {
+        .enumerate()
+        .map(|(i, &code)| {
+            if i % 65_536 == 0 {
+                pgrx::check_for_interrupts!(); // a cancel is heard while a million are made
+            }
             let hex = format!("{code:0length$X}");
             // SAFETY: copies `length` bytes into a new text datum in the current context.
             unsafe {

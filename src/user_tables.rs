@@ -18,7 +18,7 @@ use pgrx::nullable::Nullable;
 use pgrx::pg_sys::{self, PgOid};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
-use pgrx::{PgList, PgMemoryContexts, PgRelation};
+use pgrx::{PgList, PgRelation};
 
 use crate::errors::raise;
 
@@ -657,11 +657,7 @@ impl RowJson {
     /// # Safety
     /// `datum` must be a jsonb value.
     pub unsafe fn copy(context: pg_sys::MemoryContext, datum: pg_sys::Datum) -> RowJson {
-        RowJson(unsafe {
-            PgMemoryContexts::For(context).switch_to(|_| {
-                pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(datum.cast_mut_ptr()))
-            })
-        })
+        RowJson(unsafe { crate::spi_plans::copy_out(context, datum) })
     }
 }
 

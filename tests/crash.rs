@@ -75,8 +75,8 @@ const CLIENTS: usize = 3 * KINDS.len(); // 33
 
 const RAFFLE_KEYED: i64 = 1;
 const RAFFLE_UNKEYED: i64 = 2;
-const REQUESTED: i64 = 20_000;
-const WORK_ROWS: i64 = 100_000;
+// (both raffles request 20,000 tickets: full after a few seconds, then capped; `work` has
+// 100,000 rows; see SCHEMA)
 
 /// One acknowledged result.
 #[derive(Clone, Debug)]
@@ -190,7 +190,6 @@ fn setup(cluster: &Cluster) {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(ids, vec![RAFFLE_KEYED, RAFFLE_UNKEYED]);
-    let _ = (REQUESTED, WORK_ROWS);
 }
 
 type Rows = Vec<Vec<Option<String>>>;
@@ -304,10 +303,15 @@ fn client_work(
                     let key = format!("job-{k}");
                     let rows = q(
                         c,
-                        &format!("SELECT exactly.batch_create_tickets({RAFFLE_KEYED}, {n}, '{key}')"),
+                        &format!(
+                            "SELECT exactly.batch_create_tickets({RAFFLE_KEYED}, {n}, '{key}')"
+                        ),
                     )
                     .map_err(|e| (e, &[][..]))?;
-                    Ok(vec![Ack::Batch { key, created: n_of(&rows) }])
+                    Ok(vec![Ack::Batch {
+                        key,
+                        created: n_of(&rows),
+                    }])
                 }
                 Kind::TicketsUnkeyed => {
                     let n = 50 + rng.next() % 250;
@@ -319,7 +323,9 @@ fn client_work(
                     )
                     .map_err(|e| (e, &[][..]))?;
                     c.batch_execute("COMMIT").map_err(|e| (e, &[][..]))?;
-                    Ok(vec![Ack::Unkeyed { created: n_of(&rows) }])
+                    Ok(vec![Ack::Unkeyed {
+                        created: n_of(&rows),
+                    }])
                 }
                 Kind::PaymentKeyed => {
                     // now and then replay one of this client's acknowledged keys
@@ -517,7 +523,8 @@ fn round(
 ) -> Vec<String> {
     let killing = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let per_kind: Arc<Vec<AtomicUsize>> = Arc::new(KINDS.iter().map(|_| AtomicUsize::new(0)).collect());
+    let per_kind: Arc<Vec<AtomicUsize>> =
+        Arc::new(KINDS.iter().map(|_| AtomicUsize::new(0)).collect());
     let (k2, s2, p2) = (killing.clone(), stop.clone(), per_kind.clone());
     let config = cluster.config();
     let load = thread::spawn(move || {
@@ -553,7 +560,11 @@ fn round(
         None => stop.store(true, Ordering::SeqCst),
     }
     for log in load.join().unwrap() {
-        faults.extend(log.faults.iter().map(|f| format!("round {round_no}, during the load: {f}")));
+        faults.extend(
+            log.faults
+                .iter()
+                .map(|f| format!("round {round_no}, during the load: {f}")),
+        );
         acked.absorb(log);
     }
     faults
@@ -573,10 +584,11 @@ fn check(cluster: &Cluster, acked: &Acked) -> Vec<String> {
     let mut all = |sql: &str| q(&mut c, sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
 
     // invoices
-    let next: HashMap<String, i64> = all("SELECT tenant, next_value FROM exactly.invoice_sequences")
-        .iter()
-        .map(|r| (s(r, 0), n(r, 1)))
-        .collect();
+    let next: HashMap<String, i64> =
+        all("SELECT tenant, next_value FROM exactly.invoice_sequences")
+            .iter()
+            .map(|r| (s(r, 0), n(r, 1)))
+            .collect();
     let drawn: HashSet<(String, i64)> = all("SELECT tenant, number FROM drawn")
         .iter()
         .map(|r| (s(r, 0), number_of(&s(r, 1))))
@@ -592,15 +604,21 @@ fn check(cluster: &Cluster, acked: &Acked) -> Vec<String> {
             .filter(|(t, _)| t == tenant)
             .map(|(_, x)| *x)
             .collect();
-        let drawn_rows = all(&format!("SELECT count(*) FROM drawn WHERE tenant = '{tenant}'"));
+        let drawn_rows = all(&format!(
+            "SELECT count(*) FROM drawn WHERE tenant = '{tenant}'"
+        ));
         if n(&drawn_rows[0], 0) != numbers.len() as i64 {
-            faults.push(format!("invoice: tenant {tenant}: duplicate numbers in drawn"));
+            faults.push(format!(
+                "invoice: tenant {tenant}: duplicate numbers in drawn"
+            ));
         }
         for (t, number) in invoices.values() {
             if t == tenant {
                 match number {
                     Some(x) => numbers.push(number_of(x)),
-                    None => faults.push(format!("invoice: tenant {tenant}: an invoice without a number")),
+                    None => faults.push(format!(
+                        "invoice: tenant {tenant}: an invoice without a number"
+                    )),
                 }
             }
         }
@@ -608,28 +626,48 @@ fn check(cluster: &Cluster, acked: &Acked) -> Vec<String> {
         let total = numbers.len() as i64;
         let distinct: HashSet<i64> = numbers.iter().copied().collect();
         if distinct.len() as i64 != total {
-            faults.push(format!("invoice: tenant {tenant}: {} duplicate numbers", total - distinct.len() as i64));
+            faults.push(format!(
+                "invoice: tenant {tenant}: {} duplicate numbers",
+                total - distinct.len() as i64
+            ));
         }
-        let gaps: Vec<i64> = (1..=total).filter(|x| !distinct.contains(x)).take(5).collect();
+        let gaps: Vec<i64> = (1..=total)
+            .filter(|x| !distinct.contains(x))
+            .take(5)
+            .collect();
         if !gaps.is_empty() {
             faults.push(format!("invoice: tenant {tenant}: {total} numbers stored, but missing {gaps:?} of 1..{total}"));
         }
         let next_value = next.get(tenant).copied().unwrap_or(-1);
         if next_value != total + 1 {
-            faults.push(format!("invoice: tenant {tenant}: next_value {next_value}, but {total} numbers are stored"));
+            faults.push(format!(
+                "invoice: tenant {tenant}: next_value {next_value}, but {total} numbers are stored"
+            ));
         }
     }
     let mut lost_invoices = Vec::new();
     for ack in &acked.acks {
-        if let Ack::Invoice { tenant, number, invoice_id } = ack {
+        if let Ack::Invoice {
+            tenant,
+            number,
+            invoice_id,
+        } = ack
+        {
             let present = match invoice_id {
                 None => drawn.contains(&(tenant.clone(), *number)),
-                Some(id) => invoices
-                    .get(id)
-                    .is_some_and(|(t, x)| t == tenant && x.as_deref().map(number_of) == Some(*number)),
+                Some(id) => invoices.get(id).is_some_and(|(t, x)| {
+                    t == tenant && x.as_deref().map(number_of) == Some(*number)
+                }),
             };
             if !present {
-                lost_invoices.push(format!("{tenant} {number} ({})", if invoice_id.is_some() { "trigger" } else { "function" }));
+                lost_invoices.push(format!(
+                    "{tenant} {number} ({})",
+                    if invoice_id.is_some() {
+                        "trigger"
+                    } else {
+                        "function"
+                    }
+                ));
             }
         }
     }
@@ -650,10 +688,14 @@ fn check(cluster: &Cluster, acked: &Acked) -> Vec<String> {
     for r in &raffles {
         let (id, requested, created, rows) = (n(r, 0), n(r, 1), n(r, 2), n(r, 3));
         if created != rows {
-            faults.push(format!("tickets: raffle {id}: tickets_created {created}, but {rows} tickets"));
+            faults.push(format!(
+                "tickets: raffle {id}: tickets_created {created}, but {rows} tickets"
+            ));
         }
         if rows > requested {
-            faults.push(format!("tickets: raffle {id}: {rows} tickets, over the {requested} requested"));
+            faults.push(format!(
+                "tickets: raffle {id}: {rows} tickets, over the {requested} requested"
+            ));
         }
         created_of.insert(id, created);
     }
@@ -678,7 +720,10 @@ fn check(cluster: &Cluster, acked: &Acked) -> Vec<String> {
     for ack in &acked.acks {
         if let Ack::Batch { key, created } = ack {
             if batches.get(key) != Some(created) {
-                lost_batches.push(format!("{key}: acknowledged {created}, recorded {:?}", batches.get(key)));
+                lost_batches.push(format!(
+                    "{key}: acknowledged {created}, recorded {:?}",
+                    batches.get(key)
+                ));
             }
         }
     }
@@ -692,7 +737,13 @@ fn check(cluster: &Cluster, acked: &Acked) -> Vec<String> {
     let acked_unkeyed: i64 = acked
         .acks
         .iter()
-        .map(|a| if let Ack::Unkeyed { created } = a { *created } else { 0 })
+        .map(|a| {
+            if let Ack::Unkeyed { created } = a {
+                *created
+            } else {
+                0
+            }
+        })
         .sum();
     let unkeyed = created_of.get(&RAFFLE_UNKEYED).copied().unwrap_or(-1);
     if unkeyed < acked_unkeyed {
@@ -710,7 +761,11 @@ fn check(cluster: &Cluster, acked: &Acked) -> Vec<String> {
     // payments
     let verify = all("SELECT account, ok::text, detail FROM exactly.verify_ledger() WHERE NOT ok");
     for r in &verify {
-        faults.push(format!("payments: verify_ledger: account {}: {}", s(r, 0), s(r, 2)));
+        faults.push(format!(
+            "payments: verify_ledger: account {}: {}",
+            s(r, 0),
+            s(r, 2)
+        ));
     }
     let payments: HashMap<i64, (String, String, String, Option<String>)> = all(
         "SELECT id, account, amount::text, running_balance::text, idempotency_key FROM exactly.payments",
@@ -720,7 +775,14 @@ fn check(cluster: &Cluster, acked: &Acked) -> Vec<String> {
     .collect();
     let mut lost_payments = Vec::new();
     for ack in &acked.acks {
-        if let Ack::Payment { id, account, amount, rb, key } = ack {
+        if let Ack::Payment {
+            id,
+            account,
+            amount,
+            rb,
+            key,
+        } = ack
+        {
             let want = (account.clone(), amount.clone(), rb.clone(), key.clone());
             match payments.get(id) {
                 Some(got) if *got == want => {}
@@ -740,7 +802,10 @@ fn check(cluster: &Cluster, acked: &Acked) -> Vec<String> {
                                GROUP BY idempotency_key HAVING count(*) > 1) d",
     );
     if n(&dup_keys[0], 0) != 0 {
-        faults.push(format!("payments: {} idempotency keys with several entries", n(&dup_keys[0], 0)));
+        faults.push(format!(
+            "payments: {} idempotency keys with several entries",
+            n(&dup_keys[0], 0)
+        ));
     }
     let mb = all(
         "SELECT (SELECT balance FROM exactly.accounts WHERE account = 'mb') < 0,
@@ -756,7 +821,10 @@ fn check(cluster: &Cluster, acked: &Acked) -> Vec<String> {
          WHERE rb IS DISTINCT FROM coalesce(prev, 0) + amount",
     );
     if n(&chain[0], 0) != 0 {
-        faults.push(format!("ledger trigger: {} rows whose running balance does not follow", n(&chain[0], 0)));
+        faults.push(format!(
+            "ledger trigger: {} rows whose running balance does not follow",
+            n(&chain[0], 0)
+        ));
     }
     let uledger: HashMap<i64, (String, String)> = all("SELECT id, acct, rb::text FROM uledger")
         .iter()
@@ -766,7 +834,10 @@ fn check(cluster: &Cluster, acked: &Acked) -> Vec<String> {
     for ack in &acked.acks {
         if let Ack::LedgerRow { id, acct, rb } = ack {
             if uledger.get(id) != Some(&(acct.clone(), rb.clone())) {
-                lost_rows.push(format!("row {id} ({acct}, {rb}): found {:?}", uledger.get(id)));
+                lost_rows.push(format!(
+                    "row {id} ({acct}, {rb}): found {:?}",
+                    uledger.get(id)
+                ));
             }
         }
     }
@@ -806,9 +877,15 @@ fn check(cluster: &Cluster, acked: &Acked) -> Vec<String> {
             &lost_foc[..lost_foc.len().min(5)]
         ));
     }
-    let twice: Vec<&String> = created_acks.iter().filter(|(_, &c)| c > 1).map(|(k, _)| k).collect();
+    let twice: Vec<&String> = created_acks
+        .iter()
+        .filter(|(_, &c)| c > 1)
+        .map(|(k, _)| k)
+        .collect();
     if !twice.is_empty() {
-        faults.push(format!("find_or_create: keys acknowledged as created more than once: {twice:?}"));
+        faults.push(format!(
+            "find_or_create: keys acknowledged as created more than once: {twice:?}"
+        ));
     }
 
     // increment
@@ -826,15 +903,20 @@ fn check(cluster: &Cluster, acked: &Acked) -> Vec<String> {
         let value = values.get(key).copied().unwrap_or(0);
         let attempted = acked.attempted_incr.get(key).copied().unwrap_or(0);
         if value < sum {
-            faults.push(format!("increment: {key} is {value}, less than the {sum} acknowledged (lost increments)"));
+            faults.push(format!(
+                "increment: {key} is {value}, less than the {sum} acknowledged (lost increments)"
+            ));
         }
         if value > attempted {
-            faults.push(format!("increment: {key} is {value}, more than the {attempted} ever sent"));
+            faults.push(format!(
+                "increment: {key} is {value}, more than the {attempted} ever sent"
+            ));
         }
     }
 
     // claims
-    let twice = all("SELECT count(*) FROM (SELECT id FROM completions GROUP BY id HAVING count(*) > 1) d");
+    let twice =
+        all("SELECT count(*) FROM (SELECT id FROM completions GROUP BY id HAVING count(*) > 1) d");
     let redone = all("SELECT count(*) FROM completions WHERE was_done");
     if n(&twice[0], 0) != 0 || n(&redone[0], 0) != 0 {
         faults.push(format!(
@@ -882,7 +964,9 @@ fn summary(acked: &Acked) -> String {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for a in &acked.acks {
         let k = match a {
-            Ack::Invoice { invoice_id: None, .. } => "invoice(fn)",
+            Ack::Invoice {
+                invoice_id: None, ..
+            } => "invoice(fn)",
             Ack::Invoice { .. } => "invoice(trigger)",
             Ack::Batch { .. } => "batch",
             Ack::Unkeyed { .. } => "unkeyed batch",
@@ -905,15 +989,44 @@ fn crash_cycles(options: &str, stop_server: &dyn Fn(&Cluster), cycles: usize) {
     let mut acked = Acked::default();
     let mut faults = Vec::new();
     for r in 0..cycles {
-        faults.extend(round(&cluster, r, &mut acked, Duration::from_millis(2500), Some(stop_server)));
+        faults.extend(round(
+            &cluster,
+            r,
+            &mut acked,
+            Duration::from_millis(2500),
+            Some(stop_server),
+        ));
         cluster.start_server();
-        faults.extend(check(&cluster, &acked).into_iter().map(|f| format!("after crash {}: {f}", r + 1)));
-        eprintln!("after crash {}: acknowledged so far {}", r + 1, summary(&acked));
+        faults.extend(
+            check(&cluster, &acked)
+                .into_iter()
+                .map(|f| format!("after crash {}: {f}", r + 1)),
+        );
+        eprintln!(
+            "after crash {}: acknowledged so far {}",
+            r + 1,
+            summary(&acked)
+        );
     }
     // the primitives still work after the last restart
-    faults.extend(round(&cluster, cycles, &mut acked, Duration::from_millis(500), None));
-    faults.extend(check(&cluster, &acked).into_iter().map(|f| format!("after a clean final round: {f}")));
-    assert!(faults.is_empty(), "{} faults:\n{}", faults.len(), faults.join("\n"));
+    faults.extend(round(
+        &cluster,
+        cycles,
+        &mut acked,
+        Duration::from_millis(500),
+        None,
+    ));
+    faults.extend(
+        check(&cluster, &acked)
+            .into_iter()
+            .map(|f| format!("after a clean final round: {f}")),
+    );
+    assert!(
+        faults.is_empty(),
+        "{} faults:\n{}",
+        faults.len(),
+        faults.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -943,19 +1056,32 @@ fn the_check_catches_rows_removed_after_the_fact() {
     let mut acked = Acked::default();
     let mut faults = round(&cluster, 0, &mut acked, Duration::from_millis(1500), None);
     faults.extend(check(&cluster, &acked));
-    assert!(faults.is_empty(), "a clean run must pass the check: {faults:#?}");
+    assert!(
+        faults.is_empty(),
+        "a clean run must pass the check: {faults:#?}"
+    );
 
     let pick = |f: &dyn Fn(&Ack) -> Option<String>| -> String {
-        acked.acks.iter().rev().find_map(f).expect("an acknowledged result of this kind")
+        acked
+            .acks
+            .iter()
+            .rev()
+            .find_map(f)
+            .expect("an acknowledged result of this kind")
     };
-    let drawn = pick(&|a| match a {
+    let drawn = pick(&|a| {
+        match a {
         Ack::Invoice { tenant, number, invoice_id: None } => Some(format!(
             "DELETE FROM drawn WHERE tenant = '{tenant}' AND number LIKE '%-' || lpad('{number}', 8, '0')"
         )),
         _ => None,
+    }
     });
     let invoice = pick(&|a| match a {
-        Ack::Invoice { invoice_id: Some(id), .. } => Some(format!("DELETE FROM invoices WHERE id = {id}")),
+        Ack::Invoice {
+            invoice_id: Some(id),
+            ..
+        } => Some(format!("DELETE FROM invoices WHERE id = {id}")),
         _ => None,
     });
     let batch = pick(&|a| match a {
@@ -965,15 +1091,19 @@ fn the_check_catches_rows_removed_after_the_fact() {
         _ => None,
     });
     let payment = pick(&|a| match a {
-        Ack::Payment { id, key: Some(_), .. } => Some(format!("DELETE FROM exactly.payments WHERE id = {id}")),
+        Ack::Payment {
+            id, key: Some(_), ..
+        } => Some(format!("DELETE FROM exactly.payments WHERE id = {id}")),
         _ => None,
     });
-    let row = pick(&|a| match a {
+    let row = pick(&|a| {
+        match a {
         Ack::LedgerRow { id, .. } => Some(format!(
             "ALTER TABLE uledger DISABLE TRIGGER running_balance; DELETE FROM uledger WHERE id = {id};
              ALTER TABLE uledger ENABLE TRIGGER running_balance"
         )),
         _ => None,
+    }
     });
     let foc = pick(&|a| match a {
         Ack::Foc { key, .. } => Some(format!("DELETE FROM foc WHERE key = '{key}'")),
@@ -984,12 +1114,19 @@ fn the_check_catches_rows_removed_after_the_fact() {
         _ => None,
     });
     let claim = pick(&|a| match a {
-        Ack::Completed { ids } => Some(format!("UPDATE work SET done_at = NULL WHERE id = {}", ids[0])),
+        Ack::Completed { ids } => Some(format!(
+            "UPDATE work SET done_at = NULL WHERE id = {}",
+            ids[0]
+        )),
         _ => None,
     });
     let mut admin = cluster.connect();
-    for sql in [&drawn, &invoice, &batch, &payment, &row, &foc, &incr, &claim] {
-        admin.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    for sql in [
+        &drawn, &invoice, &batch, &payment, &row, &foc, &incr, &claim,
+    ] {
+        admin
+            .batch_execute(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
     let faults = check(&cluster, &acked);
     eprintln!("{faults:#?}");
@@ -1004,7 +1141,9 @@ fn the_check_catches_rows_removed_after_the_fact() {
         ("claims: ", "acknowledged completions not marked"),
     ] {
         assert!(
-            faults.iter().any(|f| f.starts_with(tag) && f.contains(what)),
+            faults
+                .iter()
+                .any(|f| f.starts_with(tag) && f.contains(what)),
             "the check missed the tampering ({tag}{what}): {faults:#?}"
         );
     }
@@ -1019,7 +1158,13 @@ fn the_check_catches_commits_lost_with_synchronous_commit_off() {
     setup(&cluster);
     let mut acked = Acked::default();
     for r in 0..8 {
-        round(&cluster, r, &mut acked, Duration::from_millis(1000), Some(&|c: &Cluster| c.kill9()));
+        round(
+            &cluster,
+            r,
+            &mut acked,
+            Duration::from_millis(1000),
+            Some(&|c: &Cluster| c.kill9()),
+        );
         cluster.start_server();
         let faults = check(&cluster, &acked);
         eprintln!("crash {} with synchronous_commit = off: {faults:#?}", r + 1);
