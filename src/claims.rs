@@ -596,7 +596,7 @@ fn mark_done(
             return marked;
         }
         let busy = busy.expect("a completion is undone only for a busy row");
-        if xact_lock::holds_locks_in_order() {
+        if xact_lock::holds_any_lock_of_ours() {
             raise(
                 PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
                 "a row of this claim is locked by another transaction, and this transaction \

@@ -71,7 +71,7 @@ pub fn hold_rows_outside_the_order() {
 
 /// Whether the current transaction holds any lock of ours (in order or not): then it must
 /// not wait for a row lock that no lock of ours queues (it could close a cycle).
-pub fn holds_locks_in_order() -> bool {
+pub fn holds_any_lock_of_ours() -> bool {
     let xact = local_transaction_id();
     HIGHEST_IN_ORDER.with(|highest| matches!(&*highest.borrow(), Some((x, _, _)) if *x == xact))
 }

@@ -26,8 +26,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::text::{col, describe, json, one, refused, run, same};
 use common::{Client, Cluster, NoTls};
-use postgres::SimpleQueryMessage;
 
 const DEFAULT_PATH: &str = "\"$user\", public";
 const PUBLIC_FIRST: &str = "public, pg_catalog";
@@ -35,80 +35,6 @@ const PUBLIC_FIRST: &str = "public, pg_catalog";
 // ---------------------------------------------------------------------------------------
 // small helpers: every statement goes through the simple query protocol, values as text
 // ---------------------------------------------------------------------------------------
-
-type Rows = Vec<Vec<Option<String>>>;
-
-fn describe(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("SQLSTATE {}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
-    }
-}
-
-fn raw(c: &mut Client, sql: &str) -> Result<Rows, postgres::Error> {
-    let mut out = Vec::new();
-    for message in c.simple_query(sql)? {
-        if let SimpleQueryMessage::Row(row) = message {
-            out.push(
-                (0..row.len())
-                    .map(|i| row.get(i).map(str::to_string))
-                    .collect(),
-            );
-        }
-    }
-    Ok(out)
-}
-
-fn run(c: &mut Client, sql: &str) -> Result<Rows, String> {
-    raw(c, sql).map_err(|e| format!("`{sql}` failed: {}", describe(&e)))
-}
-
-/// The first column of every row (NULL as "NULL").
-fn col(c: &mut Client, sql: &str) -> Result<Vec<String>, String> {
-    Ok(run(c, sql)?
-        .into_iter()
-        .map(|r| {
-            r.into_iter()
-                .next()
-                .flatten()
-                .unwrap_or_else(|| "NULL".into())
-        })
-        .collect())
-}
-
-/// The single value of a one-row statement.
-fn one(c: &mut Client, sql: &str) -> Result<String, String> {
-    let values = col(c, sql)?;
-    if values.len() != 1 {
-        return Err(format!(
-            "`{sql}` returned {} rows, expected 1: {values:?}",
-            values.len()
-        ));
-    }
-    Ok(values.into_iter().next().unwrap())
-}
-
-/// The statement must fail with `state`.
-fn refused(c: &mut Client, sql: &str, state: &str) -> Result<(), String> {
-    match raw(c, sql) {
-        Ok(rows) => Err(format!(
-            "`{sql}` succeeded ({rows:?}), expected SQLSTATE {state}"
-        )),
-        Err(e) if e.code().map(|c| c.code()) == Some(state) => Ok(()),
-        Err(e) => Err(format!(
-            "`{sql}`: expected SQLSTATE {state}, got {}",
-            describe(&e)
-        )),
-    }
-}
-
-fn same<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T) -> Result<(), String> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(format!("{what}: got {got:?}, expected {want:?}"))
-    }
-}
 
 fn num(s: &str) -> f64 {
     s.parse().unwrap_or(f64::NAN)
@@ -120,10 +46,6 @@ fn same_num(what: &str, got: &str, want: f64) -> Result<(), String> {
     } else {
         Err(format!("{what}: got {got}, expected {want}"))
     }
-}
-
-fn json(s: &str) -> Result<serde_json::Value, String> {
-    serde_json::from_str(s).map_err(|e| format!("not JSON ({e}): {s}"))
 }
 
 fn json_i64(v: &serde_json::Value, key: &str) -> i64 {

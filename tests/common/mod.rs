@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 pub use postgres::{Client, NoTls};
 
+pub mod text;
+
 const PORT: u16 = 5432; // unix socket only, in our own directory: nothing to collide with
 
 pub struct Cluster {
