@@ -90,8 +90,11 @@ def main():
 
     print(f"### {args.workload}: ours / reference PL/pgSQL\n")
     print(f"- when: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"- machine: {os.cpu_count()} cores, {cpu_model()}; PostgreSQL 15, release build")
-    print(f"- command: `bash bench/run {args.workload} --clients {args.clients} "
+    server = subprocess.run(["psql", "-X", "-A", "-t", "-c", "SHOW server_version"],
+                            check=True, capture_output=True, text=True).stdout.split()[0]
+    pg = os.environ.get("PG_MAJORS", "15").split()[0]
+    print(f"- machine: {os.cpu_count()} cores, {cpu_model()}; PostgreSQL {server}, release build")
+    print(f"- command: `{'' if pg == '15' else f'PG={pg} '}bash bench/run {args.workload} --clients {args.clients} "
           f"--seconds {args.seconds} --rounds {args.rounds}`")
     print(f"- pgbench -M prepared, {args.seconds} s per run unless the case says otherwise, "
           f"{args.rounds} rounds per point, order alternating; ratio = median of the per-round ratios\n")

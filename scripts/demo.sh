@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Sets up everything, builds and installs pg_exactly, starts a throwaway cluster and runs the
 # seeds' scenarios with real concurrency (pgbench, many connections), printing the proof.
+# On PostgreSQL 15 (Debian's), or PG=17 / PG=18 (built once from Debian's sources).
 # KEEP_CLUSTER=1 leaves the cluster running afterwards for psql.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PG_MAJORS="${PG:-15}"
+echo "== the pg_exactly demo, on PostgreSQL $PG_MAJORS"
 source scripts/setup.sh
 source scripts/cluster.sh
 
@@ -11,6 +14,7 @@ echo "== building and installing pg_exactly"
 install_extension >/dev/null
 
 cluster_start -c max_connections=120
+echo "== running on: $(psql -X -A -t -c 'SELECT version()')"
 trap '[ "${KEEP_CLUSTER:-}" = 1 ] || cluster_stop' EXIT
 psql_quiet() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 pgbench_run() { pgbench -n -c 50 -j 2 -t "$1" -f "$2" "$3" >/dev/null; }
@@ -94,7 +98,7 @@ psql_quiet -d sync -f demo/sync_proof.sql
 
 if [ "${KEEP_CLUSTER:-}" = 1 ]; then
     echo "The cluster is still running. Connect with:"
-    echo "    psql -h $CLUSTER_DIR -U postgres exactly"
+    echo "    $CLUSTER_BIN/psql -h $CLUSTER_DIR -U postgres exactly"
     echo "Stop it with:"
     echo "    runuser -u postgres -- $CLUSTER_BIN/pg_ctl -D $CLUSTER_DIR/data stop && rm -rf $CLUSTER_DIR"
 else

@@ -35,6 +35,7 @@ pg_config_of() {
     if [ ! -x "$prefix/bin/pg_config" ] || [ "$(cat "$prefix/.release" 2>/dev/null)" != "$release" ]; then
         build_postgres "$major" "$release" "$prefix" >&2
     fi
+    let_postgres_reach "$prefix"
     echo "$prefix/bin/pg_config"
 }
 
@@ -58,7 +59,17 @@ build_postgres() {
         make -s install >>make.log 2>&1
     ) || { echo "PostgreSQL $release did not build: see $work/*.log" >&2; return 1; }
     echo "$release" >"$prefix/.release"
-    # the server runs as `postgres` and reads its files from here
     chmod -R a+rX "$prefix"
     rm -rf "$work"
+}
+
+# The server runs as `postgres`, which must reach the self-built one's files. A home
+# directory that only its owner may enter (root's, usually) gets search permission for
+# others: they can open what they know the path of, and still cannot list it.
+let_postgres_reach() {
+    local prefix=$1
+    if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$prefix/bin/postgres"; then
+        echo "== giving others search (x) permission on $HOME, so user postgres can run $prefix/bin/postgres" >&2
+        chmod o+x "$HOME"
+    fi
 }

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Installs what building and testing pg_exactly needs, skipping whatever is already there:
-# Debian packages, cargo-pgrx 0.18.0, and `cargo pgrx init` against the system PostgreSQL 15.
-# Meant to be sourced by the other scripts (it exports PATH and PG_CONFIG); safe to re-run.
+# Debian packages, cargo-pgrx 0.18.0, the PostgreSQL servers of the majors in PG_MAJORS
+# (default 15: Debian's own; 17 and 18 are built once from Debian's source packages, see
+# postgres.sh) and `cargo pgrx init` for every server this machine has.
+# Meant to be sourced by the other scripts (it exports PATH and defines pg_config_of and
+# install_extension); safe to re-run.
 set -euo pipefail
 
 export HOME="${HOME:-$(getent passwd "$(id -un)" | cut -d: -f6)}"
 export PATH="$HOME/.cargo/bin:$PATH"
-export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+PG_MAJORS="${PG_MAJORS:-15}"
 if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
+source "$(dirname "${BASH_SOURCE[0]}")/postgres.sh"
 
-packages=(postgresql-15 postgresql-server-dev-15 postgresql-client-15 libclang-dev clang sudo pgbouncer)
+packages=(postgresql-15 postgresql-server-dev-15 postgresql-client-15 libclang-dev clang sudo
+          pgbouncer bison flex curl bzip2 make gcc)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,15 +30,28 @@ if ! cargo pgrx --version 2>/dev/null | grep -q ' 0\.18\.0$'; then
     cargo install cargo-pgrx --version 0.18.0 --locked
 fi
 
-if ! grep -qs "^pg15 = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
-    echo "== cargo pgrx init --pg15 $PG_CONFIG"
-    cargo pgrx init --pg15 "$PG_CONFIG"
+# `cargo pgrx init` writes its whole configuration anew: give it every server this machine
+# has (those asked for now and those initialised before), so none drops out.
+pgrx_config="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
+init_args=()
+init_needed=0
+for major in 15 17 18; do
+    if [[ " $PG_MAJORS " == *" $major "* ]] || grep -qs "^pg$major = " "$pgrx_config"; then
+        pg_config=$(pg_config_of "$major")
+        init_args+=("--pg$major" "$pg_config")
+        grep -qs "^pg$major = \"$pg_config\"" "$pgrx_config" || init_needed=1
+    fi
+done
+if [ "$init_needed" = 1 ]; then
+    echo "== cargo pgrx init ${init_args[*]}"
+    cargo pgrx init "${init_args[@]}"
 fi
 
 # Installs the extension (debug build, or release with `release` as first argument) into
-# the system PostgreSQL 15.
+# the server of PostgreSQL major $2 (default: the first of PG_MAJORS).
 install_extension() {
-    local flags=(--pg-config "$PG_CONFIG")
+    local major="${2:-${PG_MAJORS%% *}}"
+    local flags=(--pg-config "$(pg_config_of "$major")")
     [ "${1:-}" = release ] && flags+=(--release)
     [ "$(id -u)" = 0 ] || flags+=(--sudo)
     cargo pgrx install "${flags[@]}"

@@ -47,10 +47,16 @@ pub unsafe fn entry(
 
 /// The columns of the trigger's table, in attribute-number order (attno 1 at index 0).
 pub fn attributes<'a>(trigger: &PgTrigger<'a>) -> &'a [pg_sys::FormData_pg_attribute] {
-    // SAFETY: the trigger manager hands us the relation, open and locked, with its descriptor.
+    // SAFETY: the trigger manager hands us the relation, open and locked, with its descriptor,
+    // whose attributes lie in one array of natts.
     unsafe {
         let tupdesc = (*trigger.trigger_data().tg_relation).rd_att;
-        (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)
+        // PostgreSQL 18 put an array of compact attributes first; its accessor finds the rest.
+        #[cfg(feature = "pg18")]
+        let first = pg_sys::TupleDescAttr(tupdesc, 0).cast_const();
+        #[cfg(not(feature = "pg18"))]
+        let first = (*tupdesc).attrs.as_ptr();
+        std::slice::from_raw_parts(first, (*tupdesc).natts as usize)
     }
 }
 

@@ -334,7 +334,12 @@ unsafe fn index_lookup<R>(
             .collect();
         let snapshot = pg_sys::RegisterSnapshot(snapshot);
         let index = pg_sys::index_open(key.index, lock);
-        let scan = pg_sys::index_beginscan(rel.as_ptr(), index, snapshot, scan_keys.len() as i32, 0);
+        let nkeys = scan_keys.len() as i32;
+        // PostgreSQL 18 takes where to count the scan for EXPLAIN: nowhere here.
+        #[cfg(not(feature = "pg18"))]
+        let scan = pg_sys::index_beginscan(rel.as_ptr(), index, snapshot, nkeys, 0);
+        #[cfg(feature = "pg18")]
+        let scan = pg_sys::index_beginscan(rel.as_ptr(), index, snapshot, std::ptr::null_mut(), nkeys, 0);
         pg_sys::index_rescan(scan, scan_keys.as_mut_ptr(), scan_keys.len() as i32, std::ptr::null_mut(), 0);
         let slot = pg_sys::table_slot_create(rel.as_ptr(), std::ptr::null_mut());
         let row = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot)

@@ -621,7 +621,25 @@ impl RelArg {
             );
         }
         // SAFETY: an open relation, closed when the PgRelation is dropped.
-        unsafe { PgRelation::from_pg_owned(rel) }
+        let rel = unsafe { PgRelation::from_pg_owned(rel) };
+        // A caller with no privilege on the table at all learns nothing about it from us (its
+        // keys, its columns): the statements would refuse it anyway, with less to say.
+        let wanted = (pg_sys::ACL_SELECT | pg_sys::ACL_INSERT | pg_sys::ACL_UPDATE) as pg_sys::AclMode;
+        let any = pg_sys::AclMaskHow::ACLMASK_ANY;
+        // SAFETY: privilege lookups for the current user on an open relation.
+        let allowed = unsafe {
+            let user = pg_sys::GetUserId();
+            pg_sys::pg_class_aclmask(self.0, user, wanted, any) != 0
+                || pg_sys::pg_attribute_aclcheck_all(self.0, user, wanted, any) == pg_sys::AclResult::ACLCHECK_OK
+        };
+        if !allowed {
+            raise(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("permission denied for table {}", rel.name()),
+                "the caller needs privileges on the table (SELECT, INSERT or UPDATE, as the call does)",
+            );
+        }
+        rel
     }
 }
 

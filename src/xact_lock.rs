@@ -57,7 +57,14 @@ thread_local! {
 /// This backend's current top-level transaction, as the lock manager counts them.
 fn local_transaction_id() -> pg_sys::LocalTransactionId {
     // SAFETY: MyProc is this backend's PGPROC, set before any SQL runs.
-    unsafe { (*pg_sys::MyProc).lxid }
+    unsafe {
+        // PostgreSQL 17 moved the local id into PGPROC's virtual transaction id.
+        #[cfg(feature = "pg15")]
+        let id = (*pg_sys::MyProc).lxid;
+        #[cfg(any(feature = "pg17", feature = "pg18"))]
+        let id = (*pg_sys::MyProc).vxid.lxid;
+        id
+    }
 }
 
 /// Record that the current transaction holds row locks outside the lock order (rows a
