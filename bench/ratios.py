@@ -8,8 +8,12 @@ order, and prints the median of the per-round ratios (ours / reference). The mac
 shared and noisy: compare the ratios, not the absolute numbers.
 
 A case whose script starts with `-- pgbench: OPTIONS` (e.g. `-c 16 -t 13`) runs with those
-options instead of at each client count for --seconds. A `reset.sql` in the workload
-directory runs before every pgbench run (e.g. to empty the tables).
+options instead of at each client count for --seconds. A script line `-- pgoptions: OPTIONS`
+(e.g. `-c exactly.early_lock_release=on`) sets the sessions' settings (PGOPTIONS) for that
+script. A `ceiling_CASE.pgbench` beside a case is run in the same rounds and reported as
+what ours reaches of it (e.g. the reference with synchronous_commit = off: the physical
+limit for a hot row). A `reset.sql` in the workload directory runs before every pgbench run
+(e.g. to empty the tables). --cases picks cases by name.
 
 Expects PGHOST/PGPORT/PGUSER of a running cluster with pg_exactly installed (bench/run).
 """
@@ -34,8 +38,10 @@ def pgbench(script, options):
     """Transactions per second of one pgbench run."""
     reset = script.parent / "reset.sql"
     psql(reset.read_text() if reset.exists() else "VACUUM")  # both sides start alike
+    pgoptions = re.search(r"^-- pgoptions: (.*)$", script.read_text(), re.M)
+    env = dict(os.environ, PGOPTIONS=pgoptions.group(1)) if pgoptions else None
     out = subprocess.run(["pgbench", "-n", "-M", "prepared", *options, "-f", str(script)],
-                         check=True, capture_output=True, text=True).stdout
+                         check=True, capture_output=True, text=True, env=env).stdout
     failed = re.search(r"number of failed transactions: (\d+)", out)
     if failed and int(failed.group(1)) > 0:
         sys.exit(f"{script.name}: {failed.group(1)} transactions failed\n{out}")
@@ -60,11 +66,14 @@ def main():
     parser.add_argument("--clients", default="1,8,32,100")
     parser.add_argument("--seconds", type=int, default=10, help="length of one pgbench run")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each side per point")
+    parser.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     args = parser.parse_args()
 
     workload = BENCH / args.workload
     psql((workload / "reference.sql").read_text())
     cases = sorted(p.name[len("ours_"):-len(".pgbench")] for p in workload.glob("ours_*.pgbench"))
+    if args.cases:
+        cases = [c for c in cases if c in args.cases.split(",")]
     clients = [int(c) for c in args.clients.split(",")]
 
     rows = []
@@ -73,9 +82,10 @@ def main():
         fixed = re.match(r"-- pgbench: (.*)", ours.read_text())
         points = [fixed.group(1).split()] if fixed else [
             ["-c", str(c), "-j", str(min(c, 2)), "-T", str(args.seconds)] for c in clients]
+        ceiling = workload / f"ceiling_{case}.pgbench"
         for options in points:
             c = int(options[options.index("-c") + 1])
-            ratios, ours_tps, ref_tps = [], [], []
+            ratios, ours_tps, ref_tps, of_ceiling = [], [], [], []
             for r in range(args.rounds):
                 # alternate who goes first, so a drift in machine speed hits both alike
                 if r % 2 == 0:
@@ -83,10 +93,15 @@ def main():
                 else:
                     f = pgbench(reference, options); o = pgbench(ours, options)
                 ours_tps.append(o); ref_tps.append(f); ratios.append(o / f)
-                print(f"{case} clients={c} round={r + 1}: ours {rate(o)}/s reference {rate(f)}/s ratio {o / f:.2f}",
-                      file=sys.stderr, flush=True)
+                line = f"{case} clients={c} round={r + 1}: ours {rate(o)}/s reference {rate(f)}/s ratio {o / f:.2f}"
+                if ceiling.exists():
+                    top = pgbench(ceiling, options)
+                    of_ceiling.append(o / top)
+                    line += f" ceiling {rate(top)}/s ours/ceiling {o / top:.2f}"
+                print(line, file=sys.stderr, flush=True)
             rows.append((case, c, statistics.median(ours_tps), statistics.median(ref_tps),
-                         statistics.median(ratios), ratios))
+                         statistics.median(ratios), ratios,
+                         statistics.median(of_ceiling) if of_ceiling else None))
 
     print(f"### {args.workload}: ours / reference PL/pgSQL\n")
     print(f"- when: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
@@ -98,10 +113,11 @@ def main():
           f"--seconds {args.seconds} --rounds {args.rounds}`")
     print(f"- pgbench -M prepared, {args.seconds} s per run unless the case says otherwise, "
           f"{args.rounds} rounds per point, order alternating; ratio = median of the per-round ratios\n")
-    print("| case | clients | ours (calls/s, median) | reference (calls/s, median) | ratio | per-round ratios |")
-    print("|---|---:|---:|---:|---:|---|")
-    for case, c, o, f, ratio, ratios in rows:
-        print(f"| {case} | {c} | {rate(o)} | {rate(f)} | **{ratio:.2f}x** | {' '.join(f'{x:.2f}' for x in ratios)} |")
+    print("| case | clients | ours (calls/s, median) | reference (calls/s, median) | ratio | per-round ratios | of the ceiling |")
+    print("|---|---:|---:|---:|---:|---|---:|")
+    for case, c, o, f, ratio, ratios, of_ceiling in rows:
+        top = f"{of_ceiling:.0%}" if of_ceiling is not None else ""
+        print(f"| {case} | {c} | {rate(o)} | {rate(f)} | **{ratio:.2f}x** | {' '.join(f'{x:.2f}' for x in ratios)} | {top} |")
 
 
 if __name__ == "__main__":

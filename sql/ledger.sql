@@ -45,6 +45,8 @@ SELECT pg_catalog.pg_extension_config_dump('exactly.payments_id_seq', '');
 CREATE FUNCTION exactly.verify_ledger(account text DEFAULT NULL)
 RETURNS TABLE (account text, ok boolean, detail text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- what transactions released early wrote is durable before we report on it
+    SELECT exactly.flush_log();
     WITH entries AS (
         SELECT p.account, p.id, p.amount, p.running_balance,
                COALESCE(pg_catalog.lag(p.running_balance) OVER w, 0) AS previous,

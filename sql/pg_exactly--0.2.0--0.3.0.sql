@@ -9,12 +9,20 @@
 --   as the update so the application never goes without (a NOTICE names each role).
 -- * Claims record keys in their stored form, not as text: live claims and failure records
 --   are converted.
--- * New: exactly.grant_usage, exactly.purge_claim_attempts, the check on new accounts.
+-- * New: exactly.grant_usage, exactly.purge_claim_attempts, the check on new accounts,
+--   exactly.flush_log (for the setting exactly.early_lock_release).
 
--- verify_ledger: every name qualified, search_path pinned.
+-- exactly.early_lock_release: what transactions released early wrote is flushed before
+-- pg_exactly's read functions report on it.
+CREATE FUNCTION exactly.flush_log() RETURNS void
+VOLATILE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'flush_log_wrapper';
+
+-- verify_ledger: every name qualified, search_path pinned, the log flushed first.
 CREATE OR REPLACE FUNCTION exactly.verify_ledger(account text DEFAULT NULL)
 RETURNS TABLE (account text, ok boolean, detail text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- what transactions released early wrote is durable before we report on it
+    SELECT exactly.flush_log();
     WITH entries AS (
         SELECT p.account, p.id, p.amount, p.running_balance,
                COALESCE(pg_catalog.lag(p.running_balance) OVER w, 0) AS previous,

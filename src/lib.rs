@@ -18,6 +18,7 @@ macro_rules! finfo_v1 {
 pub(crate) use finfo_v1;
 
 mod claims;
+mod early_release;
 mod errors;
 mod invoices;
 mod ledger;
@@ -33,7 +34,7 @@ mod xact_lock;
 
 pgrx::extension_sql_file!("../sql/invoices.sql", name = "invoices_schema", bootstrap);
 pgrx::extension_sql_file!("../sql/tickets.sql", name = "tickets_schema");
-pgrx::extension_sql_file!("../sql/ledger.sql", name = "ledger_schema");
+pgrx::extension_sql_file!("../sql/ledger.sql", name = "ledger_schema", requires = [early_release::flush_log]);
 pgrx::extension_sql_file!("../sql/claims.sql", name = "claims_schema");
 pgrx::extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
@@ -41,6 +42,7 @@ pgrx::extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     user_tables::register_invalidation_callback();
+    early_release::init();
 }
 
 /// Required by `cargo pgrx test`.

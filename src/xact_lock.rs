@@ -91,6 +91,7 @@ pub fn holds_any_lock_of_ours() -> bool {
 /// not, waiting could close a cycle, and the call fails with a serialization failure
 /// (40001) to retry instead. The rows these locks guard are written only by holders.
 pub fn lock_exclusive_in_order(space: LockSpace, name: impl AsRef<[u8]>) {
+    crate::early_release::note_hot_row();
     let name = name.as_ref();
     let xact = local_transaction_id();
     let after_all_held = HIGHEST_IN_ORDER.with(|highest| match &*highest.borrow() {

@@ -1046,6 +1046,18 @@ fn immediate_stop_mid_load_loses_no_acknowledged_commit() {
     crash_cycles("-c fsync=on", &|c: &Cluster| c.stop_immediate(), 3);
 }
 
+/// The same with `exactly.early_lock_release = on`: hot-row locks are released before the
+/// commit's flush, and no client is told COMMIT before it is durable.
+#[test]
+fn kill9_mid_load_with_early_lock_release_loses_no_acknowledged_commit() {
+    crash_cycles("-c exactly.early_lock_release=on", &|c: &Cluster| c.kill9(), 3);
+}
+
+#[test]
+fn immediate_stop_mid_load_with_early_lock_release_loses_no_acknowledged_commit() {
+    crash_cycles("-c fsync=on -c exactly.early_lock_release=on", &|c: &Cluster| c.stop_immediate(), 3);
+}
+
 /// Negative control: a clean round passes the check, then one acknowledged result of every
 /// kind is removed or changed behind the clients' backs, and the check must report every
 /// kind.

@@ -64,8 +64,8 @@ impl Cluster {
         Cluster::start_with("")
     }
 
-    /// `start` with extra server options, e.g. "-c fsync=on -c synchronous_commit=on".
-    pub fn start_with(extra_options: &str) -> Cluster {
+    /// A new directory of our own for a cluster, owned by the user that runs the server.
+    fn new_dir() -> PathBuf {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "pg_exactly-test-{}-{}",
@@ -84,6 +84,36 @@ impl Cluster {
                     .unwrap(),
             );
         }
+        dir
+    }
+
+    /// A streaming standby of this cluster (`pg_basebackup -R`), started, in a directory of
+    /// its own, with the same options. Name it in the primary's `synchronous_standby_names`
+    /// as `walreceiver` (or `*`) to make it synchronous.
+    pub fn start_standby(&self) -> Cluster {
+        let dir = Cluster::new_dir();
+        check(
+            "pg_basebackup",
+            server_command(&self.bin.join("pg_basebackup"))
+                .arg("-h")
+                .arg(&self.dir)
+                .args(["-p", &PORT.to_string(), "-U", "postgres", "-R", "-X", "stream", "-D"])
+                .arg(dir.join("data"))
+                .output()
+                .unwrap(),
+        );
+        let options = std::fs::read_to_string(self.dir.join("options"))
+            .unwrap()
+            .replace(&format!("-k {}", self.dir.display()), &format!("-k {}", dir.display()));
+        std::fs::write(dir.join("options"), options).unwrap();
+        let standby = Cluster { dir, bin: self.bin.clone() };
+        standby.start_server();
+        standby
+    }
+
+    /// `start` with extra server options, e.g. "-c fsync=on -c synchronous_commit=on".
+    pub fn start_with(extra_options: &str) -> Cluster {
+        let dir = Cluster::new_dir();
         let bin = pg_bindir();
         let data = dir.join("data");
         check(
