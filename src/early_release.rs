@@ -158,10 +158,28 @@ unsafe extern "C-unwind" fn on_resource_release(
 /// written is durable before our read functions answer.
 #[pg_extern(volatile, parallel_safe)]
 fn flush_log() {
-    // SAFETY: XLogFlush to the current insert position, as a checkpoint would reach it.
+    // SAFETY: XLogFlush to the end of the WAL inserted so far.
     unsafe {
         if !pg_sys::RecoveryInProgress() {
-            pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr());
+            pg_sys::XLogFlush(end_of_inserted_log());
         }
+    }
+}
+
+/// The end of the WAL inserted so far. GetXLogInsertRecPtr gives where the next record
+/// starts: right after a page header when the last record ended at a page boundary. No
+/// record ends there, and XLogFlush refuses (XX000 "flush request ... is not satisfied") to
+/// flush further than what was generated, so step back over the header.
+unsafe fn end_of_inserted_log() -> pg_sys::XLogRecPtr {
+    let maxalign = |n: usize| (n + 7) & !7;
+    let short_header = maxalign(std::mem::size_of::<pg_sys::XLogPageHeaderData>()) as u64;
+    let long_header = maxalign(std::mem::size_of::<pg_sys::XLogLongPageHeaderData>()) as u64;
+    let next = pg_sys::GetXLogInsertRecPtr();
+    if next % pg_sys::wal_segment_size as u64 == long_header {
+        next - long_header
+    } else if next % pg_sys::XLOG_BLCKSZ as u64 == short_header {
+        next - short_header
+    } else {
+        next
     }
 }

@@ -15,10 +15,17 @@ use common::{at_once, sqlstate, Client, Cluster};
 
 const ON: &str = "-c exactly.early_lock_release=on";
 
-/// `pg_stat_wal.wal_sync`: how often the server has fsynced the log so far.
+/// How often the server has fsynced the log so far: `pg_stat_wal.wal_sync`, which
+/// PostgreSQL 18 moved to `pg_stat_io` (object `wal`).
 fn wal_syncs(client: &mut Client) -> i64 {
     client.batch_execute("SELECT pg_stat_force_next_flush()").unwrap();
-    client.query_one("SELECT wal_sync FROM pg_stat_wal", &[]).unwrap().get(0)
+    let version: i32 = client.query_one("SELECT current_setting('server_version_num')::int", &[]).unwrap().get(0);
+    let query = if version >= 180000 {
+        "SELECT coalesce(sum(fsyncs), 0)::bigint FROM pg_stat_io WHERE object = 'wal'"
+    } else {
+        "SELECT wal_sync FROM pg_stat_wal"
+    };
+    client.query_one(query, &[]).unwrap().get(0)
 }
 
 /// Per transaction id, the LSN of its commit record, from `pg_waldump` of the cluster's log
