@@ -11,6 +11,9 @@
 --   are converted.
 -- * New: exactly.grant_usage, exactly.purge_claim_attempts, the check on new accounts,
 --   exactly.flush_log (for the setting exactly.early_lock_release).
+-- * Invoice numbering: templates, periods (exactly.invoice_periods), a start
+--   (exactly.set_next_invoice_number), scopes of several columns and commit-time numbers
+--   (exactly.assign_invoice_number_at_commit); next_invoice_number(s) take on_date.
 
 -- exactly.early_lock_release: what transactions released early wrote is flushed before
 -- pg_exactly's read functions report on it.
@@ -226,5 +229,65 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION exactly.grant_usage(regrole) IS
     'pg_exactly: give an application role everything it needs, and no way to write state around the functions';
+
+-- Invoice numbering with templates, periods and commit-time numbers. A tenant numbered
+-- before the update keeps its row and its next number: the new columns say "as before"
+-- (reset 'never', the default template), and its counter stays where it was.
+ALTER TABLE exactly.invoice_sequences
+    ADD COLUMN format text,
+    ADD COLUMN reset text NOT NULL DEFAULT 'never',
+    ADD COLUMN fiscal_year_start int NOT NULL DEFAULT 1;
+CREATE TABLE exactly.invoice_periods (
+    tenant      text NOT NULL,
+    period      date NOT NULL,
+    next_value  bigint NOT NULL DEFAULT 1,
+    PRIMARY KEY (tenant, period)
+) WITH (fillfactor = 50);
+COMMENT ON TABLE exactly.invoice_periods IS
+    'pg_exactly: per tenant and period, the next invoice number to hand out';
+SELECT pg_catalog.pg_extension_config_dump('exactly.invoice_periods', '');
+
+-- on_date and the template's settings are new arguments: the old signatures go (an
+-- overload beside them would make every old call ambiguous)
+DROP FUNCTION exactly.define_invoice_sequence(text, text, int);
+DROP FUNCTION exactly.next_invoice_number(text);
+DROP FUNCTION exactly.next_invoice_numbers(text, int);
+CREATE FUNCTION exactly.define_invoice_sequence(
+    "tenant" TEXT,
+    "prefix" TEXT,
+    "width" INT DEFAULT 8,
+    "format" TEXT DEFAULT NULL,
+    "reset" TEXT DEFAULT 'never',
+    "fiscal_year_start" INT DEFAULT 1
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'define_invoice_sequence_wrapper';
+CREATE FUNCTION exactly.next_invoice_number(
+    "tenant" TEXT,
+    "on_date" date DEFAULT NULL
+) RETURNS TEXT
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'next_invoice_number_wrapper';
+CREATE FUNCTION exactly.next_invoice_numbers(
+    "tenant" TEXT,
+    "n" INT,
+    "on_date" date DEFAULT NULL
+) RETURNS SETOF TEXT
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'next_invoice_numbers_wrapper';
+CREATE FUNCTION exactly.set_next_invoice_number(
+    "tenant" TEXT,
+    "next_value" bigint,
+    "on_date" date DEFAULT NULL
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'set_next_invoice_number_wrapper';
+CREATE FUNCTION exactly.assign_invoice_number_at_commit() RETURNS trigger
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'assign_invoice_number_at_commit_wrapper';
 
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA exactly FROM PUBLIC;

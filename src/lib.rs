@@ -20,6 +20,7 @@ pub(crate) use finfo_v1;
 mod claims;
 mod early_release;
 mod errors;
+mod invoice_templates;
 mod invoices;
 mod ledger;
 mod locks;

@@ -169,6 +169,15 @@ fn a_database_in_use_under_0_2_0_keeps_its_state_and_claims_after_the_update() {
     // the counter continues at the same next number
     let next: String = client.query_one("SELECT exactly.next_invoice_number('11')", &[]).unwrap().get(0);
     assert_eq!(next, "11-00000004");
+    // and the numberings added in 0.3.0 work on the updated tables
+    client
+        .batch_execute("SELECT exactly.define_invoice_sequence('acme', 'INV', 4, '{prefix}-{yyyy}-{number}', 'yearly')")
+        .unwrap();
+    let dated: String = client
+        .query_one("SELECT exactly.next_invoice_number('acme', '2026-05-01')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(dated, "INV-2026-0001");
     // the failure records now name their rows by key; one that no longer reads back is gone
     let attempts: Vec<String> = client
         .query("SELECT key::text || ' ' || failed_attempts FROM exactly.claim_attempts ORDER BY key::text", &[])
