@@ -12,7 +12,7 @@
 //! there for speed, and gives each period its own line.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 
 use pgrx::datum::Date;
@@ -51,6 +51,16 @@ const DRAW_FROM_PERIOD: &str = "UPDATE exactly.invoice_periods \
      WHERE tenant OPERATOR(pg_catalog.=) $1 AND period OPERATOR(pg_catalog.=) $2 \
        AND next_value OPERATOR(pg_catalog.<=) (9223372036854775807 OPERATOR(pg_catalog.-) $3) \
      RETURNING next_value OPERATOR(pg_catalog.-) $3";
+/// The same, in one statement with the numbering, for a backend that knows the tenant's
+/// reset (`$4`) and fiscal year (`$5`): no row when that knowledge is out of date.
+const DRAW_FROM_KNOWN_PERIOD: &str = "UPDATE exactly.invoice_periods AS p \
+     SET next_value = p.next_value OPERATOR(pg_catalog.+) $3 \
+     FROM exactly.invoice_sequences AS s \
+     WHERE p.tenant OPERATOR(pg_catalog.=) $1 AND p.period OPERATOR(pg_catalog.=) $2 \
+       AND s.tenant OPERATOR(pg_catalog.=) $1 AND s.reset OPERATOR(pg_catalog.=) $4 \
+       AND s.fiscal_year_start OPERATOR(pg_catalog.=) $5 \
+       AND p.next_value OPERATOR(pg_catalog.<=) (9223372036854775807 OPERATOR(pg_catalog.-) $3) \
+     RETURNING s.prefix, s.width, s.format, p.next_value OPERATOR(pg_catalog.-) $3";
 const NUMBERING: &str = "SELECT prefix, width, format, reset, fiscal_year_start, next_value \
      FROM exactly.invoice_sequences WHERE tenant OPERATOR(pg_catalog.=) $1";
 const PERIOD_NEXT_VALUE: &str = "SELECT next_value FROM exactly.invoice_periods \
@@ -118,9 +128,10 @@ impl Block {
 }
 
 thread_local! {
-    /// Tenants this backend last found to reset by period: their draws skip the look at the
-    /// tenant's own counter. Only a hint: a wrong one costs a statement, never a number.
-    static RESETTING: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+    /// Tenants this backend last found to reset by period, with their reset and fiscal year:
+    /// their draws go straight to the period's counter, one statement that checks the hint.
+    /// Only a hint: a wrong one costs statements, never a number.
+    static RESETTING: RefCell<HashMap<String, (Reset, u8)>> = RefCell::new(HashMap::new());
 }
 
 /// The name of a counter's queue lock: the tenant's, or with a period the tenant, a NUL
@@ -162,13 +173,43 @@ fn date_of(day: Day) -> Date {
 fn draw(tenant: &str, count: i64, date: Day) -> Block {
     non_empty(tenant, "tenant", "'11'");
     Spi::connect_mut(|client| {
-        if !RESETTING.with(|r| r.borrow().contains(tenant)) {
-            lock_exclusive_in_order(LockSpace::InvoiceTenant, lock_name(tenant, None));
-            if let Some(block) = draw_from_tenant(client, tenant, count, date) {
-                return block;
+        match RESETTING.with(|r| r.borrow().get(tenant).copied()) {
+            None => {
+                lock_exclusive_in_order(LockSpace::InvoiceTenant, lock_name(tenant, None));
+                if let Some(block) = draw_from_tenant(client, tenant, count, date) {
+                    return block;
+                }
+            }
+            Some((reset, fiscal_year_start)) => {
+                if let Some(period) = date.period(reset, fiscal_year_start) {
+                    lock_exclusive_in_order(LockSpace::InvoiceTenant, lock_name(tenant, Some(period)));
+                    let args = [
+                        tenant.into(),
+                        date_of(period).into(),
+                        count.into(),
+                        reset.name().into(),
+                        i32::from(fiscal_year_start).into(),
+                    ];
+                    let rows = spi_plans::run_as_owner(client, DRAW_FROM_KNOWN_PERIOD, &[TEXT, DATE, INT8, TEXT, INT4], &args);
+                    if !rows.is_empty() {
+                        let row = rows.first();
+                        let numbering = Numbering::from_row(
+                            row.get::<String>(1).unwrap().unwrap(),
+                            row.get::<i32>(2).unwrap().unwrap(),
+                            row.get::<String>(3).unwrap(),
+                            Some(reset.name().to_string()),
+                            i32::from(fiscal_year_start),
+                        );
+                        let first = row.get::<i64>(4).unwrap().unwrap();
+                        return Block { numbering, tenant: tenant.to_string(), date, first };
+                    }
+                }
             }
         }
-        // No row yet, a numbering that resets by period, or no numbers left.
+        // No row yet, a numbering that resets by period (or no longer as this backend knew
+        // it), the period's first number, or no numbers left. (After a redefinition from a
+        // period to 'never', the tenant's lock is taken below after a period's: out of
+        // order, so a busy tenant means a 40001 to retry, once.)
         let (numbering, next) = match read_numbering(client, tenant) {
             Some(found) => found,
             None => {
@@ -184,7 +225,7 @@ fn draw(tenant: &str, count: i64, date: Day) -> Block {
             return draw_from_tenant(client, tenant, count, date)
                 .unwrap_or_else(|| too_few_left(tenant, next, count));
         };
-        RESETTING.with(|r| r.borrow_mut().insert(tenant.to_string()));
+        RESETTING.with(|r| r.borrow_mut().insert(tenant.to_string(), (numbering.reset, numbering.fiscal_year_start)));
         lock_exclusive_in_order(LockSpace::InvoiceTenant, lock_name(tenant, Some(period)));
         let first = draw_from_period(client, tenant, period, count).unwrap_or_else(|| {
             let args = [tenant.into(), date_of(period).into()];

@@ -363,3 +363,42 @@ fn a_backend_terminated_while_holding_a_commit_time_draw_leaves_no_gap() {
         .collect();
     assert_eq!(numbers, ["k-00000001", "k-00000002"]);
 }
+
+/// A backend that has drawn from a numbering that resets remembers how it resets; another
+/// backend's redefinition must win over that memory, with no number lost or repeated.
+#[test]
+fn a_redefinition_in_another_session_is_followed_at_once() {
+    let cluster = Cluster::start();
+    let mut drawer = cluster.connect();
+    let mut admin = cluster.connect();
+    let next = |client: &mut Client, date: &str| -> String {
+        client
+            .query_one("SELECT exactly.next_invoice_number('acme', $1::text::date)", &[&date])
+            .unwrap()
+            .get(0)
+    };
+    admin
+        .batch_execute("SELECT exactly.define_invoice_sequence('acme', 'A', 2, '{prefix}{yyyy}-{number}', 'yearly')")
+        .unwrap();
+    assert_eq!(next(&mut drawer, "2026-05-01"), "A2026-01");
+    assert_eq!(next(&mut drawer, "2026-06-01"), "A2026-02");
+    // to monthly: the same date is in a new series
+    admin
+        .batch_execute("SELECT exactly.define_invoice_sequence('acme', 'A', 2, '{prefix}{yyyy}{mm}-{number}', 'monthly')")
+        .unwrap();
+    assert_eq!(next(&mut drawer, "2026-06-02"), "A202606-01");
+    // a fiscal year from April: a new yearly series, named by its start
+    admin
+        .batch_execute("SELECT exactly.define_invoice_sequence('acme', 'A', 2, '{prefix}{fy}-{number}', 'yearly', 4)")
+        .unwrap();
+    assert_eq!(next(&mut drawer, "2026-03-02"), "A2025-01");
+    // never: the tenant's own counter, which never moved
+    admin.batch_execute("SELECT exactly.define_invoice_sequence('acme', 'A', 2)").unwrap();
+    assert_eq!(next(&mut drawer, "2026-06-03"), "A-01");
+    // and back to the calendar year: that series goes on where it was
+    admin
+        .batch_execute("SELECT exactly.define_invoice_sequence('acme', 'A', 2, '{prefix}{yyyy}-{number}', 'yearly')")
+        .unwrap();
+    assert_eq!(next(&mut drawer, "2026-07-01"), "A2026-03");
+    assert_eq!(next(&mut admin, "2026-07-01"), "A2026-04");
+}
