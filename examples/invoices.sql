@@ -67,7 +67,7 @@ CREATE TABLE documents (
     number    text
 );
 SELECT exactly.define_invoice_sequence('acme:credit-note', 'CN', 3, format => '{prefix}{yy}-{number}', reset => 'yearly');
-CREATE CONSTRAINT TRIGGER document_number AFTER INSERT ON documents
+CREATE CONSTRAINT TRIGGER document_number AFTER INSERT OR UPDATE ON documents
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
     EXECUTE FUNCTION exactly.assign_invoice_number_at_commit('tenant_id, kind', 'number', 'issued_on');
 BEGIN;

@@ -47,7 +47,7 @@ CREATE FUNCTION exactly.assign_invoice_number() RETURNS trigger
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'assign_invoice_number_wrapper';
 
--- CREATE CONSTRAINT TRIGGER ... AFTER INSERT ... DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+-- CREATE CONSTRAINT TRIGGER ... AFTER INSERT OR UPDATE ... DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
 -- EXECUTE FUNCTION exactly.assign_invoice_number_at_commit('tenant_columns', 'number_column'):
 -- src/invoices.rs.
 CREATE FUNCTION exactly.assign_invoice_number_at_commit() RETURNS trigger

@@ -12,7 +12,7 @@
 //! there for speed, and gives each period its own line.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::num::NonZeroUsize;
 
 use pgrx::datum::Date;
@@ -51,20 +51,11 @@ const DRAW_FROM_PERIOD: &str = "UPDATE exactly.invoice_periods \
      WHERE tenant OPERATOR(pg_catalog.=) $1 AND period OPERATOR(pg_catalog.=) $2 \
        AND next_value OPERATOR(pg_catalog.<=) (9223372036854775807 OPERATOR(pg_catalog.-) $3) \
      RETURNING next_value OPERATOR(pg_catalog.-) $3";
-/// The same, in one statement with the numbering, for a backend that knows the tenant's
-/// reset (`$4`) and fiscal year (`$5`): no row when that knowledge is out of date.
-const DRAW_FROM_KNOWN_PERIOD: &str = "UPDATE exactly.invoice_periods AS p \
-     SET next_value = p.next_value OPERATOR(pg_catalog.+) $3 \
-     FROM exactly.invoice_sequences AS s \
-     WHERE p.tenant OPERATOR(pg_catalog.=) $1 AND p.period OPERATOR(pg_catalog.=) $2 \
-       AND s.tenant OPERATOR(pg_catalog.=) $1 AND s.reset OPERATOR(pg_catalog.=) $4 \
-       AND s.fiscal_year_start OPERATOR(pg_catalog.=) $5 \
-       AND p.next_value OPERATOR(pg_catalog.<=) (9223372036854775807 OPERATOR(pg_catalog.-) $3) \
-     RETURNING s.prefix, s.width, s.format, p.next_value OPERATOR(pg_catalog.-) $3";
 const NUMBERING: &str = "SELECT prefix, width, format, reset, fiscal_year_start, next_value \
      FROM exactly.invoice_sequences WHERE tenant OPERATOR(pg_catalog.=) $1";
 const PERIOD_NEXT_VALUE: &str = "SELECT next_value FROM exactly.invoice_periods \
      WHERE tenant OPERATOR(pg_catalog.=) $1 AND period OPERATOR(pg_catalog.=) $2";
+const HAS_PERIODS: &str = "SELECT 1 FROM exactly.invoice_periods WHERE tenant OPERATOR(pg_catalog.=) $1 LIMIT 1";
 const CREATE_ON_FIRST_USE: &str = "INSERT INTO exactly.invoice_sequences (tenant, prefix) \
      VALUES ($1, $1) ON CONFLICT (tenant) DO NOTHING";
 const CREATE_PERIOD: &str = "INSERT INTO exactly.invoice_periods (tenant, period) \
@@ -128,10 +119,9 @@ impl Block {
 }
 
 thread_local! {
-    /// Tenants this backend last found to reset by period, with their reset and fiscal year:
-    /// their draws go straight to the period's counter, one statement that checks the hint.
-    /// Only a hint: a wrong one costs statements, never a number.
-    static RESETTING: RefCell<HashMap<String, (Reset, u8)>> = RefCell::new(HashMap::new());
+    /// Tenants this backend last found to reset by period: their draws skip the look at the
+    /// tenant's own counter. Only a hint: a wrong one costs a statement, never a number.
+    static RESETTING: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
 }
 
 /// The name of a counter's queue lock: the tenant's, or with a period the tenant, a NUL
@@ -173,44 +163,14 @@ fn date_of(day: Day) -> Date {
 fn draw(tenant: &str, count: i64, date: Day) -> Block {
     non_empty(tenant, "tenant", "'11'");
     Spi::connect_mut(|client| {
-        match RESETTING.with(|r| r.borrow().get(tenant).copied()) {
-            None => {
-                lock_exclusive_in_order(LockSpace::InvoiceTenant, lock_name(tenant, None));
-                if let Some(block) = draw_from_tenant(client, tenant, count, date) {
-                    return block;
-                }
-            }
-            Some((reset, fiscal_year_start)) => {
-                if let Some(period) = date.period(reset, fiscal_year_start) {
-                    lock_exclusive_in_order(LockSpace::InvoiceTenant, lock_name(tenant, Some(period)));
-                    let args = [
-                        tenant.into(),
-                        date_of(period).into(),
-                        count.into(),
-                        reset.name().into(),
-                        i32::from(fiscal_year_start).into(),
-                    ];
-                    let rows = spi_plans::run_as_owner(client, DRAW_FROM_KNOWN_PERIOD, &[TEXT, DATE, INT8, TEXT, INT4], &args);
-                    if !rows.is_empty() {
-                        let row = rows.first();
-                        let numbering = Numbering::from_row(
-                            row.get::<String>(1).unwrap().unwrap(),
-                            row.get::<i32>(2).unwrap().unwrap(),
-                            row.get::<String>(3).unwrap(),
-                            Some(reset.name().to_string()),
-                            i32::from(fiscal_year_start),
-                        );
-                        let first = row.get::<i64>(4).unwrap().unwrap();
-                        return Block { numbering, tenant: tenant.to_string(), date, first };
-                    }
-                }
+        if !RESETTING.with(|r| r.borrow().contains(tenant)) {
+            lock_exclusive_in_order(LockSpace::InvoiceTenant, lock_name(tenant, None));
+            if let Some(block) = draw_from_tenant(client, tenant, count, date) {
+                return block;
             }
         }
-        // No row yet, a numbering that resets by period (or no longer as this backend knew
-        // it), the period's first number, or no numbers left. (After a redefinition from a
-        // period to 'never', the tenant's lock is taken below after a period's: out of
-        // order, so a busy tenant means a 40001 to retry, once.)
-        let (numbering, next) = match read_numbering(client, tenant) {
+        // No row yet, a numbering that resets by period, or no numbers left.
+        let (numbering, _) = match read_numbering(client, tenant) {
             Some(found) => found,
             None => {
                 // We hold the tenant's queue lock (no row: no hint), and every function of
@@ -219,13 +179,24 @@ fn draw(tenant: &str, count: i64, date: Day) -> Block {
                 read_numbering(client, tenant).unwrap_or_else(|| changed_concurrently(tenant))
             }
         };
-        let Some(period) = date.period(numbering.reset, numbering.fiscal_year_start) else {
+        let numbering = if date.period(numbering.reset, numbering.fiscal_year_start).is_some() {
+            numbering
+        } else {
             RESETTING.with(|r| r.borrow_mut().remove(tenant));
             lock_exclusive_in_order(LockSpace::InvoiceTenant, lock_name(tenant, None));
-            return draw_from_tenant(client, tenant, count, date)
-                .unwrap_or_else(|| too_few_left(tenant, next, count));
+            if let Some(block) = draw_from_tenant(client, tenant, count, date) {
+                return block;
+            }
+            // Too few left, or a redefinition committed while we waited for the lock moved
+            // the numbering to periods; we hold the tenant's lock now, so it cannot move again.
+            let (numbering, next) = read_numbering(client, tenant).unwrap_or_else(|| changed_concurrently(tenant));
+            if numbering.reset == Reset::Never {
+                too_few_left(tenant, next, count);
+            }
+            numbering
         };
-        RESETTING.with(|r| r.borrow_mut().insert(tenant.to_string(), (numbering.reset, numbering.fiscal_year_start)));
+        let period = date.period(numbering.reset, numbering.fiscal_year_start).expect("a numbering that resets");
+        RESETTING.with(|r| r.borrow_mut().insert(tenant.to_string()));
         lock_exclusive_in_order(LockSpace::InvoiceTenant, lock_name(tenant, Some(period)));
         let first = draw_from_period(client, tenant, period, count).unwrap_or_else(|| {
             let args = [tenant.into(), date_of(period).into()];
@@ -387,6 +358,23 @@ fn define_invoice_sequence(
     lock_exclusive_in_order(LockSpace::InvoiceTenant, lock_name(tenant, None));
     RESETTING.with(|r| r.borrow_mut().remove(tenant));
     Spi::connect_mut(|client| {
+        // Fiscal years starting in another month would print the years of numbers already
+        // handed out again.
+        if let Some((old, _)) = read_numbering(client, tenant) {
+            let moved = old.reset == Reset::Yearly
+                && reset == Reset::Yearly
+                && i32::from(old.fiscal_year_start) != fiscal_year_start;
+            if moved && !spi_plans::run_as_owner(client, HAS_PERIODS, &[TEXT], &[tenant.into()]).is_empty() {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!(
+                        "tenant \"{tenant}\" has numbered fiscal years starting in month {}: its fiscal year cannot move to month {fiscal_year_start}",
+                        old.fiscal_year_start
+                    ),
+                    "define a new tenant for the new fiscal years",
+                );
+            }
+        }
         let args = [
             tenant.into(),
             prefix.into(),
@@ -452,9 +440,49 @@ fn set_next_invoice_number(
 
 const USAGE: &str = "use: CREATE TRIGGER ... BEFORE INSERT ON your_table FOR EACH ROW \
      EXECUTE FUNCTION exactly.assign_invoice_number('tenant_columns', 'number_column'[, 'date_column'])";
-const USAGE_AT_COMMIT: &str = "use: CREATE CONSTRAINT TRIGGER ... AFTER INSERT ON your_table \
+const USAGE_AT_COMMIT: &str = "use: CREATE CONSTRAINT TRIGGER ... AFTER INSERT OR UPDATE ON your_table \
      DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION \
      exactly.assign_invoice_number_at_commit('tenant_columns', 'number_column'[, 'date_column'])";
+
+/// Whether a value of this type prints the same text whatever the session's settings
+/// (DateStyle, TimeZone, extra_float_digits, search_path for reg* types): only then may its
+/// text name a numbering.
+fn text_ignores_settings(type_oid: pg_sys::Oid) -> bool {
+    // SAFETY: catalog lookups of a column's type; the row type's descriptor is released.
+    unsafe {
+        let base = pg_sys::getBaseType(type_oid);
+        let plain = [
+            pg_sys::TEXTOID,
+            pg_sys::VARCHAROID,
+            pg_sys::BPCHAROID,
+            pg_sys::NAMEOID,
+            pg_sys::CHAROID,
+            pg_sys::INT2OID,
+            pg_sys::INT4OID,
+            pg_sys::INT8OID,
+            pg_sys::NUMERICOID,
+            pg_sys::UUIDOID,
+            pg_sys::BOOLOID,
+        ];
+        if plain.contains(&base) {
+            return true;
+        }
+        match pg_sys::get_typtype(base) as u8 {
+            b'e' => true,
+            b'c' => {
+                let desc = pg_sys::lookup_rowtype_tupdesc(base, -1);
+                let fields: Vec<pg_sys::Oid> = trigger_rows::descriptor_attributes(desc)
+                    .iter()
+                    .filter(|att| !att.attisdropped)
+                    .map(|att| att.atttypid)
+                    .collect();
+                pg_sys::DecrTupleDescRefCount(desc);
+                fields.into_iter().all(text_ignores_settings)
+            }
+            _ => false,
+        }
+    }
+}
 
 /// What the two triggers read from their arguments: where the tenant, number and date are.
 struct InvoiceColumns {
@@ -478,7 +506,15 @@ impl InvoiceColumns {
             .split(',')
             .map(|name| {
                 let name = name.trim();
-                (column(trigger, name, usage).0, name.to_string())
+                let (attno, type_oid, _) = column(trigger, name, usage);
+                if !text_ignores_settings(type_oid) {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                        format!("scope column \"{name}\" cannot name a numbering: its text depends on the session's settings"),
+                        "use text, integer, numeric, uuid, boolean or enum columns for the scope (a date's text follows DateStyle and TimeZone)",
+                    );
+                }
+                (attno, name.to_string())
             })
             .collect();
         let (number_attno, number_type, number_typmod) = column(trigger, &args[1], usage);
@@ -593,7 +629,7 @@ fn assign_invoice_number<'a>(
     Ok(Some(row))
 }
 
-/// `CREATE CONSTRAINT TRIGGER ... AFTER INSERT ... DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+/// `CREATE CONSTRAINT TRIGGER ... AFTER INSERT OR UPDATE ... DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
 /// EXECUTE FUNCTION exactly.assign_invoice_number_at_commit('tenant_columns', 'number_column'[,
 /// 'date_column'])`: draws the number when the transaction commits and writes it into the
 /// row, so the tenant's lock is held only while the transaction commits. Numbers follow
@@ -619,136 +655,99 @@ fn assign_invoice_number_at_commit<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, pgrx::datum::TryFromDatumError> {
     let event = trigger.event();
-    let deferrable = trigger.trigger().tgdeferrable;
-    if !(event.fired_after() && event.fired_for_row() && event.fired_by_insert()) || !deferrable {
+    let declared = trigger.trigger();
+    let on_insert_and_every_update = declared.tgtype as u32 & pg_sys::TRIGGER_TYPE_INSERT != 0
+        && declared.tgtype as u32 & pg_sys::TRIGGER_TYPE_UPDATE != 0
+        && declared.tgnattr == 0;
+    if !(event.fired_after() && event.fired_for_row() && (event.fired_by_insert() || event.fired_by_update()))
+        || !declared.tgdeferrable
+        || !on_insert_and_every_update
+    {
         raise(
             PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             "exactly.assign_invoice_number_at_commit() must be a DEFERRABLE constraint trigger, \
-             fired AFTER INSERT FOR EACH ROW",
+             fired AFTER INSERT OR UPDATE FOR EACH ROW",
             USAGE_AT_COMMIT,
         );
     }
     let columns = InvoiceColumns::of(trigger, "exactly.assign_invoice_number_at_commit()", USAGE_AT_COMMIT);
-    let inserted = trigger.trigger_data().tg_trigtuple;
-    let Some((tenant, date)) = columns.to_number(trigger, inserted) else {
+    let data = trigger.trigger_data();
+    // The version this event is about: the inserted row, or an update's new version.
+    let (tuple, slot) = if event.fired_by_update() {
+        (data.tg_newtuple, data.tg_newslot)
+    } else {
+        (data.tg_trigtuple, data.tg_trigslot)
+    };
+    // A version a later command replaced or deleted is not numbered: the replacing UPDATE
+    // queued its own event, which numbers the row as it is committed (as PostgreSQL's
+    // foreign-key triggers skip such versions).
+    let still_live = || unsafe {
+        // SAFETY: the trigger's relation and its slot holding that version.
+        pg_sys::table_tuple_satisfies_snapshot(data.tg_relation, slot, &raw mut pg_sys::SnapshotSelfData)
+    };
+    if !still_live() {
+        return Ok(None);
+    }
+    let Some((tenant, date)) = columns.to_number(trigger, tuple) else {
         return Ok(None);
     };
-    let rel = trigger.relid().unwrap();
-    let table = user_tables::open(rel);
-    // The row as it is now, found by its primary key (it may have been updated since it was
-    // inserted) or, without one, by the inserted version's place; locked, and still without a
-    // number. A row deleted since, or numbered by hand, draws nothing: no gap.
-    let locator = RowLocator::of(&table, trigger, inserted);
+    let table = user_tables::open(trigger.relid().unwrap());
     let number_column = table.column(&columns.number.1, "number_column");
+    // SAFETY: the version's place in the trigger's own table (a partition's, for one).
+    let place = unsafe { (*tuple).t_self };
     Spi::connect_mut(|client| {
-        if !locator.lock_unnumbered(client, &table, number_column) {
-            return;
+        if !lock_unnumbered(client, &table, number_column, &place) {
+            if still_live() {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                    format!("the invoice row to number is hidden from the current user by {}'s row-level security", table.name),
+                    "let the inserting role see and update its own invoices, or number them with exactly.assign_invoice_number",
+                );
+            }
+            return; // another transaction updated it since: its own event numbers it
         }
         let number = draw(&tenant, 1, date).format(0);
         columns.check_fits(&number);
-        locator.set_number(client, &table, number_column, &number);
+        if !set_number(client, &table, number_column, &place, &number) {
+            raise(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("invoice number {number} could not be written into its row of {}: a trigger or rule skipped the update", table.name),
+                "let exactly.assign_invoice_number_at_commit update the number column",
+            );
+        }
     });
     Ok(None)
 }
 
-/// Where the commit-time trigger finds its row again: by its primary key's values, or, in a
-/// table without one, by the place of the inserted version (the trigger's own table, so a
-/// partition's).
-enum RowLocator {
-    Key(Vec<(i16, pg_sys::Datum, pg_sys::Oid)>),
-    Place(Box<pg_sys::ItemPointerData>),
+fn place_arg(place: &pg_sys::ItemPointerData) -> pgrx::datum::DatumWithOid<'_> {
+    // SAFETY (spi_plans::arg): a tid, alive for the trigger call.
+    unsafe { spi_plans::arg(pg_sys::Datum::from(place as *const pg_sys::ItemPointerData), pg_sys::TIDOID) }
 }
 
-impl RowLocator {
-    fn of(table: &UserTable, trigger: &PgTrigger, tuple: *mut pg_sys::HeapTupleData) -> RowLocator {
-        let Some(key) = table.primary_key() else {
-            // SAFETY: the trigger's row.
-            return RowLocator::Place(Box::new(unsafe { (*tuple).t_self }));
-        };
-        let values = key
-            .iter()
-            .map(|&attno| {
-                // SAFETY: a primary-key column of the trigger's row: never NULL.
-                let datum = unsafe {
-                    pgrx::heap_getattr_raw(
-                        tuple,
-                        NonZeroUsize::new(attno as usize).unwrap(),
-                        (*trigger.trigger_data().tg_relation).rd_att,
-                    )
-                }
-                .expect("primary keys are never NULL");
-                (attno, datum, table.by_attno(attno).type_oid)
-            })
-            .collect();
-        RowLocator::Key(values)
-    }
+/// Lock the row at `place` if it is there and without a number, as the caller (it is its
+/// table, and its policies apply).
+fn lock_unnumbered(client: &mut SpiClient<'_>, table: &UserTable, number: &Column, place: &pg_sys::ItemPointerData) -> bool {
+    let column = number.sql();
+    !table
+        .run(client, "lock an invoice to number", &[number.attno.into()], |t| {
+            let sql = format!(
+                "SELECT 1 FROM {} AS t WHERE t.ctid OPERATOR(pg_catalog.=) $1 AND t.{column} IS NULL FOR NO KEY UPDATE OF t",
+                t.name
+            );
+            (sql, vec![PgOid::from(pg_sys::TIDOID)])
+        }, &[place_arg(place)])
+        .is_empty()
+}
 
-    /// SQL: `t` is the row (parameters from `$first` on), and the statement's shape.
-    fn condition(&self, table: &UserTable, first: usize) -> (String, Vec<i32>) {
-        match self {
-            RowLocator::Key(values) => {
-                let key = &table.unique_keys[0];
-                let terms: Vec<String> = values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (attno, _, _))| {
-                        key.part(*attno).eq_sql(&format!("t.{}", table.by_attno(*attno).sql()), &format!("${}", i + first))
-                    })
-                    .collect();
-                (terms.join(" AND "), values.iter().map(|(a, _, _)| i32::from(*a)).collect())
-            }
-            RowLocator::Place(_) => (format!("t.ctid OPERATOR(pg_catalog.=) ${first}"), vec![0]),
-        }
-    }
-
-    fn args(&self) -> Vec<pgrx::datum::DatumWithOid<'_>> {
-        match self {
-            // SAFETY (spi_plans::arg): values of the trigger's row, alive for the trigger call.
-            RowLocator::Key(values) => values.iter().map(|&(_, d, t)| unsafe { spi_plans::arg(d, t) }).collect(),
-            RowLocator::Place(place) => vec![unsafe {
-                spi_plans::arg(pg_sys::Datum::from(&**place as *const pg_sys::ItemPointerData), pg_sys::TIDOID)
-            }],
-        }
-    }
-
-    fn types(&self) -> Vec<PgOid> {
-        match self {
-            RowLocator::Key(values) => values.iter().map(|&(_, _, t)| PgOid::from(t)).collect(),
-            RowLocator::Place(_) => vec![PgOid::from(pg_sys::TIDOID)],
-        }
-    }
-
-    /// Lock the row if it is still there without a number (as the caller: it is its table).
-    fn lock_unnumbered(&self, client: &mut SpiClient<'_>, table: &UserTable, number: &Column) -> bool {
-        let (condition, mut shape) = self.condition(table, 1);
-        shape.insert(0, number.attno.into());
-        let number_column = number.sql();
-        let types = self.types();
-        !table
-            .run(client, "lock an invoice to number", &shape, |t| {
-                let sql = format!(
-                    "SELECT 1 FROM {} AS t WHERE {condition} AND t.{number_column} IS NULL FOR NO KEY UPDATE OF t",
-                    t.name
-                );
-                (sql, types)
-            }, &self.args())
-            .is_empty()
-    }
-
-    /// Write `number` into the row.
-    fn set_number(&self, client: &mut SpiClient<'_>, table: &UserTable, column: &Column, number: &str) {
-        let (condition, mut shape) = self.condition(table, 2);
-        shape.insert(0, column.attno.into());
-        let number_column = column.sql();
-        let mut args = vec![number.into()];
-        args.extend(self.args());
-        let mut types = vec![TEXT];
-        types.extend(self.types());
-        table.run(client, "number an invoice", &shape, |t| {
-            let sql = format!("UPDATE {} AS t SET {number_column} = $1 WHERE {condition}", t.name);
-            (sql, types)
-        }, &args);
-    }
+/// Write `number` into the row at `place`; false when nothing was written.
+fn set_number(client: &mut SpiClient<'_>, table: &UserTable, number: &Column, place: &pg_sys::ItemPointerData, text: &str) -> bool {
+    let column = number.sql();
+    !table
+        .run(client, "number an invoice", &[number.attno.into()], |t| {
+            let sql = format!("UPDATE {} AS t SET {column} = $1 WHERE t.ctid OPERATOR(pg_catalog.=) $2 RETURNING 1", t.name);
+            (sql, vec![TEXT, PgOid::from(pg_sys::TIDOID)])
+        }, &[text.into(), place_arg(place)])
+        .is_empty()
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -1027,7 +1026,7 @@ mod tests {
         );
     }
 
-    #[pg_test(error = "exactly.assign_invoice_number_at_commit() must be a DEFERRABLE constraint trigger, fired AFTER INSERT FOR EACH ROW")]
+    #[pg_test(error = "exactly.assign_invoice_number_at_commit() must be a DEFERRABLE constraint trigger, fired AFTER INSERT OR UPDATE FOR EACH ROW")]
     fn the_commit_time_trigger_must_be_a_deferrable_constraint_trigger() {
         Spi::run(
             "CREATE TABLE inv (tenant text, number text);
@@ -1038,11 +1037,23 @@ mod tests {
         .unwrap();
     }
 
+    #[pg_test(error = "exactly.assign_invoice_number_at_commit() must be a DEFERRABLE constraint trigger, fired AFTER INSERT OR UPDATE FOR EACH ROW")]
+    fn the_commit_time_trigger_must_also_fire_on_updates() {
+        Spi::run(
+            "CREATE TABLE inv (tenant text, number text);
+             CREATE CONSTRAINT TRIGGER number AFTER INSERT ON inv DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+               EXECUTE FUNCTION exactly.assign_invoice_number_at_commit('tenant', 'number');
+             INSERT INTO inv (tenant) VALUES ('11');
+             SET CONSTRAINTS number IMMEDIATE;",
+        )
+        .unwrap();
+    }
+
     #[pg_test]
     fn the_commit_time_trigger_numbers_at_set_constraints_immediate() {
         Spi::run(
             "CREATE TABLE inv (id int PRIMARY KEY, tenant text, number text);
-             CREATE CONSTRAINT TRIGGER number AFTER INSERT ON inv DEFERRABLE INITIALLY DEFERRED
+             CREATE CONSTRAINT TRIGGER number AFTER INSERT OR UPDATE ON inv DEFERRABLE INITIALLY DEFERRED
                FOR EACH ROW EXECUTE FUNCTION exactly.assign_invoice_number_at_commit('tenant', 'number');
              INSERT INTO inv (id, tenant) VALUES (1, 'c'), (2, 'c'), (3, 'c');
              UPDATE inv SET tenant = 'c' WHERE id = 2;

@@ -47,10 +47,17 @@ pub unsafe fn entry(
 
 /// The columns of the trigger's table, in attribute-number order (attno 1 at index 0).
 pub fn attributes<'a>(trigger: &PgTrigger<'a>) -> &'a [pg_sys::FormData_pg_attribute] {
-    // SAFETY: the trigger manager hands us the relation, open and locked, with its descriptor,
-    // whose attributes lie in one array of natts.
+    // SAFETY: the trigger manager hands us the relation, open and locked, with its descriptor.
+    unsafe { descriptor_attributes((*trigger.trigger_data().tg_relation).rd_att) }
+}
+
+/// The attributes of a tuple descriptor, in attribute-number order.
+///
+/// # Safety
+/// `tupdesc` must be a valid descriptor that outlives the returned slice.
+pub unsafe fn descriptor_attributes<'a>(tupdesc: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
+    // SAFETY: a descriptor's attributes lie in one array of natts.
     unsafe {
-        let tupdesc = (*trigger.trigger_data().tg_relation).rd_att;
         // PostgreSQL 18 put an array of compact attributes first; its accessor finds the rest.
         #[cfg(feature = "pg18")]
         let first = pg_sys::TupleDescAttr(tupdesc, 0).cast_const();

@@ -22,7 +22,7 @@ fn invoices(client: &mut Client, trigger: &str) {
 
 const AT_INSERT: &str = "CREATE TRIGGER number BEFORE INSERT ON invoices FOR EACH ROW
     EXECUTE FUNCTION exactly.assign_invoice_number('tenant', 'number', 'issued');";
-const AT_COMMIT: &str = "CREATE CONSTRAINT TRIGGER number AFTER INSERT ON invoices
+const AT_COMMIT: &str = "CREATE CONSTRAINT TRIGGER number AFTER INSERT OR UPDATE ON invoices
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
     EXECUTE FUNCTION exactly.assign_invoice_number_at_commit('tenant', 'number', 'issued');";
 

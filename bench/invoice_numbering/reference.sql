@@ -13,7 +13,7 @@ CREATE TRIGGER invoice_number BEFORE INSERT ON invoices_at_insert FOR EACH ROW
     EXECUTE FUNCTION exactly.assign_invoice_number('tenant_id', 'number', 'issued_on');
 
 CREATE TABLE invoices_at_commit (LIKE invoices_at_insert INCLUDING ALL);
-CREATE CONSTRAINT TRIGGER invoice_number AFTER INSERT ON invoices_at_commit
+CREATE CONSTRAINT TRIGGER invoice_number AFTER INSERT OR UPDATE ON invoices_at_commit
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
     EXECUTE FUNCTION exactly.assign_invoice_number_at_commit('tenant_id', 'number', 'issued_on');
 
