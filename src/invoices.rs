@@ -170,7 +170,7 @@ fn draw(tenant: &str, count: i64, date: Day) -> Block {
             }
         }
         // No row yet, a numbering that resets by period, or no numbers left.
-        let (numbering, _) = match read_numbering(client, tenant) {
+        let (mut numbering, _) = match read_numbering(client, tenant) {
             Some(found) => found,
             None => {
                 // We hold the tenant's queue lock (no row: no hint), and every function of
@@ -179,9 +179,7 @@ fn draw(tenant: &str, count: i64, date: Day) -> Block {
                 read_numbering(client, tenant).unwrap_or_else(|| changed_concurrently(tenant))
             }
         };
-        let numbering = if date.period(numbering.reset, numbering.fiscal_year_start).is_some() {
-            numbering
-        } else {
+        if date.period(numbering.reset, numbering.fiscal_year_start).is_none() {
             RESETTING.with(|r| r.borrow_mut().remove(tenant));
             lock_exclusive_in_order(LockSpace::InvoiceTenant, lock_name(tenant, None));
             if let Some(block) = draw_from_tenant(client, tenant, count, date) {
@@ -189,12 +187,12 @@ fn draw(tenant: &str, count: i64, date: Day) -> Block {
             }
             // Too few left, or a redefinition committed while we waited for the lock moved
             // the numbering to periods; we hold the tenant's lock now, so it cannot move again.
-            let (numbering, next) = read_numbering(client, tenant).unwrap_or_else(|| changed_concurrently(tenant));
-            if numbering.reset == Reset::Never {
+            let (now, next) = read_numbering(client, tenant).unwrap_or_else(|| changed_concurrently(tenant));
+            if now.reset == Reset::Never {
                 too_few_left(tenant, next, count);
             }
-            numbering
-        };
+            numbering = now;
+        }
         let period = date.period(numbering.reset, numbering.fiscal_year_start).expect("a numbering that resets");
         RESETTING.with(|r| r.borrow_mut().insert(tenant.to_string()));
         lock_exclusive_in_order(LockSpace::InvoiceTenant, lock_name(tenant, Some(period)));
@@ -413,7 +411,8 @@ fn set_next_invoice_number(
             spi_plans::run_as_owner(client, CREATE_ON_FIRST_USE, &[TEXT], &[tenant.into()]);
             read_numbering(client, tenant).unwrap_or_else(|| changed_concurrently(tenant))
         });
-        let set = match date.period(numbering.reset, numbering.fiscal_year_start) {
+        let period = date.period(numbering.reset, numbering.fiscal_year_start);
+        let set = match period {
             None => !spi_plans::run_as_owner(client, SET_NEXT, &[TEXT, INT8], &[tenant.into(), next_value.into()])
                 .is_empty(),
             Some(period) => {
@@ -427,7 +426,7 @@ fn set_next_invoice_number(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!(
                     "tenant \"{tenant}\" has handed out numbers at or above {next_value} already{}",
-                    match date.period(numbering.reset, numbering.fiscal_year_start) {
+                    match period {
                         None => format!(" (its next is {next})"),
                         Some(period) => format!(" in the period from {}", period.iso()),
                     }
