@@ -722,7 +722,7 @@ fn an_app_role_cannot_create_triggers_rules_policies_or_objects_on_state_tables(
         ("CREATE DOMAIN in exactly", "CREATE DOMAIN exactly.text AS pg_catalog.text"),
         ("CREATE TYPE in exactly", "CREATE TYPE exactly.sneak AS (x int)"),
         ("CREATE OR REPLACE a pg_exactly function", "CREATE OR REPLACE FUNCTION exactly.next_invoice_number(tenant text) RETURNS text LANGUAGE sql AS 'SELECT ''forged'''"),
-        ("ALTER FUNCTION ... SET search_path", "ALTER FUNCTION exactly.next_invoice_number(text) SET search_path = public"),
+        ("ALTER FUNCTION ... SET search_path", "ALTER FUNCTION exactly.next_invoice_number(text, date) SET search_path = public"),
         ("ALTER FUNCTION ... SECURITY DEFINER", "ALTER FUNCTION exactly.find_or_create(regclass, jsonb, jsonb) SECURITY DEFINER"),
         ("ALTER FUNCTION ... OWNER", "ALTER FUNCTION exactly.lock(text, interval) OWNER TO app"),
         ("DROP FUNCTION", "DROP FUNCTION exactly.try_lock(text)"),

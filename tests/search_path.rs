@@ -2507,7 +2507,7 @@ fn scenario(cluster: &Cluster, a: &mut Attack, superuser: bool) {
             run(c, "SELECT exactly.grant_usage('reader')")?;
             same(
                 "reader can execute",
-                one(k, "SELECT has_function_privilege('reader', 'exactly.next_invoice_number(text)', 'EXECUTE')::text")?,
+                one(k, "SELECT has_function_privilege('reader', 'exactly.next_invoice_number(text, date)', 'EXECUTE')::text")?,
                 "true".into(),
             )
         } else {
