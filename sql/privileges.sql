@@ -20,7 +20,7 @@ BEGIN
     -- a raffle is created by inserting its row; an account may be opened beforehand to set
     -- its limit: those columns only
     EXECUTE pg_catalog.format('GRANT INSERT (tickets_requested, code_length) ON exactly.raffles TO %s', role);
-    EXECUTE pg_catalog.format('GRANT INSERT (account, min_balance) ON exactly.accounts TO %s', role);
+    EXECUTE pg_catalog.format('GRANT INSERT (account, min_balance, max_balance, currency) ON exactly.accounts TO %s', role);
 END $$;
 COMMENT ON FUNCTION exactly.grant_usage(regrole) IS
     'pg_exactly: give an application role everything it needs, and no way to write state around the functions';

@@ -11,8 +11,6 @@
 use pgrx::datum::AnyNumeric;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::callconv::{BoxRet, FcInfo};
-use pgrx::spi::SpiTupleTable;
 use pgrx::{pg_sys, AllocatedByRust, PgBuiltInOids};
 
 use crate::errors::{self, finite, non_empty, raise, required};
@@ -31,53 +29,29 @@ const NUMERIC: PgOid = PgOid::BuiltIn(PgBuiltInOids::NUMERICOID);
 const NUMERIC_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::NUMERICARRAYOID);
 const OID: PgOid = PgOid::BuiltIn(PgBuiltInOids::OIDOID);
 
-/// An `exactly.payments` row as the statement returned it, copied out of SPI's memory and
-/// handed to the server as is. (pgrx's composite wrapper takes a tuple-descriptor reference
-/// per row, which makes a million-row `append_payments` quadratic.)
-pub struct Payment(pg_sys::Datum);
+spi_plans::table_row!(Payment, "exactly.payments");
 
-impl Payment {
-    /// A copy in `context` of the composite datum in column `ordinal` of the current row.
-    fn copy(context: pg_sys::MemoryContext, rows: &SpiTupleTable<'_>, ordinal: usize) -> Payment {
-        let datum = rows.get_datum_by_ordinal(ordinal).unwrap().expect("an entry row");
-        // SAFETY: a composite (varlena) datum of the SPI result.
-        Payment(unsafe { spi_plans::copy_out(context, datum) })
-    }
-}
-
-impl IntoDatum for Payment {
-    fn into_datum(self) -> Option<pg_sys::Datum> {
-        Some(self.0)
-    }
-
-    fn type_oid() -> pg_sys::Oid {
-        pg_sys::RECORDOID
-    }
-}
-
-// SAFETY: the datum is a composite in memory that outlives the call (see `copy`).
-unsafe impl BoxRet for Payment {
-    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
-        unsafe { fcinfo.return_raw_datum(self.0) }
-    }
-}
-
-pgrx::impl_sql_translatable!(Payment, "exactly.payments");
-
-/// Add `$2` to account `$1`, unless it is a withdrawal that would take the balance below
-/// `min_balance` (then nothing happens and no row comes back). Two plain statements, like
-/// the reference: measured, one statement with a data-modifying CTE cost more CPU per call.
+/// Add `$2` to account `$1`, unless it is a withdrawal that would take the available
+/// balance (balance - pending_debits) below `min_balance`, or a deposit that would take
+/// balance + pending_credits above `max_balance` (then nothing happens and no row comes
+/// back). Two plain statements, like the reference: measured, one statement with a
+/// data-modifying CTE cost more CPU per call.
 const ADD_TO_ACCOUNT: &str = "UPDATE exactly.accounts
     SET balance = balance OPERATOR(pg_catalog.+) $2, entries = entries OPERATOR(pg_catalog.+) 1
     WHERE account OPERATOR(pg_catalog.=) $1
       AND ($2 OPERATOR(pg_catalog.>=) 0 OR min_balance IS NULL
-           OR (balance OPERATOR(pg_catalog.+) $2) OPERATOR(pg_catalog.>=) min_balance)
+           OR (balance OPERATOR(pg_catalog.+) $2 OPERATOR(pg_catalog.-) pending_debits)
+              OPERATOR(pg_catalog.>=) min_balance)
+      AND ($2 OPERATOR(pg_catalog.<=) 0 OR max_balance IS NULL
+           OR (balance OPERATOR(pg_catalog.+) $2 OPERATOR(pg_catalog.+) pending_credits)
+              OPERATOR(pg_catalog.<=) max_balance)
     RETURNING balance";
 const INSERT_ENTRY: &str =
     "INSERT INTO exactly.payments AS p (account, amount, running_balance, idempotency_key)
     VALUES ($1, $2, $3, $4) RETURNING p";
 /// The same for many amounts: running balances are the opening balance plus the running sum,
-/// in array order; refused whole if any withdrawal would go below `min_balance`.
+/// in array order; refused whole if any withdrawal would go below `min_balance` or any
+/// deposit above `max_balance`.
 const APPEND_MANY: &str = "WITH input AS (
         SELECT a.amount, a.position,
                pg_catalog.sum(a.amount) OVER (ORDER BY a.position) AS running
@@ -85,7 +59,9 @@ const APPEND_MANY: &str = "WITH input AS (
     totals AS (
         SELECT pg_catalog.sum(i.amount) AS total, pg_catalog.count(*) AS entries,
                pg_catalog.min(i.running) FILTER (WHERE i.amount OPERATOR(pg_catalog.<) 0)
-                   AS lowest_after_withdrawal
+                   AS lowest_after_withdrawal,
+               pg_catalog.max(i.running) FILTER (WHERE i.amount OPERATOR(pg_catalog.>) 0)
+                   AS highest_after_deposit
         FROM input i),
     opened AS (
         UPDATE exactly.accounts a
@@ -94,15 +70,18 @@ const APPEND_MANY: &str = "WITH input AS (
         FROM totals t
         WHERE a.account OPERATOR(pg_catalog.=) $1
           AND (t.lowest_after_withdrawal IS NULL OR a.min_balance IS NULL
-               OR (a.balance OPERATOR(pg_catalog.+) t.lowest_after_withdrawal)
-                  OPERATOR(pg_catalog.>=) a.min_balance)
+               OR (a.balance OPERATOR(pg_catalog.+) t.lowest_after_withdrawal
+                   OPERATOR(pg_catalog.-) a.pending_debits) OPERATOR(pg_catalog.>=) a.min_balance)
+          AND (t.highest_after_deposit IS NULL OR a.max_balance IS NULL
+               OR (a.balance OPERATOR(pg_catalog.+) t.highest_after_deposit
+                   OPERATOR(pg_catalog.+) a.pending_credits) OPERATOR(pg_catalog.<=) a.max_balance)
         RETURNING a.balance OPERATOR(pg_catalog.-) t.total AS opening)
     INSERT INTO exactly.payments AS p (account, amount, running_balance)
     SELECT $1, i.amount, o.opening OPERATOR(pg_catalog.+) i.running
     FROM input i, opened o ORDER BY i.position
     RETURNING p";
-const ACCOUNT_LIMIT: &str = "SELECT balance, min_balance FROM exactly.accounts \
-     WHERE account OPERATOR(pg_catalog.=) $1";
+const ACCOUNT_LIMIT: &str = "SELECT balance, min_balance, max_balance, pending_debits, pending_credits \
+     FROM exactly.accounts WHERE account OPERATOR(pg_catalog.=) $1";
 const CREATE_ACCOUNT: &str =
     "INSERT INTO exactly.accounts (account) VALUES ($1) ON CONFLICT (account) DO NOTHING";
 const BY_IDEMPOTENCY_KEY: &str = "SELECT p, p.account, p.amount FROM exactly.payments p \
@@ -302,21 +281,35 @@ fn replay(
 }
 
 /// Called when an append changed nothing: either the account does not exist yet (create it;
-/// we hold its lock) or the append would take it below its min_balance (refuse).
+/// we hold its lock) or the append would take it past a limit (refuse).
 fn ensure_account_or_refuse(client: &mut SpiClient<'_>, account: &str, what: &str) {
     let rows = spi_plans::run_as_owner(client, ACCOUNT_LIMIT, &[TEXT], &[account.into()]);
     if rows.is_empty() {
         spi_plans::run_as_owner(client, CREATE_ACCOUNT, &[TEXT], &[account.into()]);
         return;
     }
-    let (balance, min_balance) = rows.first().get_two::<AnyNumeric, AnyNumeric>().unwrap();
+    let row = rows.first();
+    let text = |i: usize| row.get::<AnyNumeric>(i).unwrap().map(|n| n.to_string());
+    let (balance, min, max, debits, credits) = (text(1), text(2), text(3), text(4), text(5));
+    let balance = balance.unwrap_or_default();
+    let (debits, credits) = (debits.unwrap_or_default(), credits.unwrap_or_default());
+    let held = |pending: &str, side: &str| {
+        if pending == "0" { String::new() } else { format!(" (pending {side} {pending})") }
+    };
+    let limit = match (min, max) {
+        (Some(min), None) => format!("below its min_balance {min}: its balance is {balance}{}", held(&debits, "debits")),
+        (None, Some(max)) => format!("above its max_balance {max}: its balance is {balance}{}", held(&credits, "credits")),
+        (min, max) => format!(
+            "outside its limits (min_balance {}, max_balance {}): its balance is {balance}{}{}",
+            min.unwrap_or_default(),
+            max.unwrap_or_default(),
+            held(&debits, "debits"),
+            held(&credits, "credits")
+        ),
+    };
     raise(
         PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
-        format!(
-            "{what} would take account \"{account}\" below its min_balance {}: its balance is {}",
-            min_balance.map(|m| m.to_string()).unwrap_or_default(),
-            balance.map(|b| b.to_string()).unwrap_or_default()
-        ),
+        format!("{what} would take account \"{account}\" {limit}"),
         "the payment was not appended; the transaction can go on (catch the error in a savepoint)",
     );
 }

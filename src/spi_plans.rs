@@ -79,3 +79,49 @@ pub unsafe fn copy_out(context: pg_sys::MemoryContext, datum: pg_sys::Datum) -> 
             .switch_to(|_| pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(datum.cast_mut_ptr())))
     }
 }
+
+/// A row of one of pg_exactly's tables, returned by a function declared `RETURNS
+/// exactly.<table>`: the composite datum a statement returned (`SELECT t FROM ...`), copied
+/// out of SPI's memory and handed to the server as is. (pgrx's composite wrapper takes a
+/// tuple-descriptor reference per row, which makes a million-row result quadratic.)
+macro_rules! table_row {
+    ($name:ident, $sql_type:literal) => {
+        pub struct $name(pgrx::pg_sys::Datum);
+
+        impl $name {
+            /// A copy in `context` of the composite datum in column `ordinal` of the current row.
+            pub fn copy(
+                context: pgrx::pg_sys::MemoryContext,
+                rows: &pgrx::spi::SpiTupleTable<'_>,
+                ordinal: usize,
+            ) -> $name {
+                let datum = rows.get_datum_by_ordinal(ordinal).unwrap().expect("a row");
+                // SAFETY: a composite (varlena) datum of the SPI result.
+                $name(unsafe { $crate::spi_plans::copy_out(context, datum) })
+            }
+        }
+
+        impl pgrx::IntoDatum for $name {
+            fn into_datum(self) -> Option<pgrx::pg_sys::Datum> {
+                Some(self.0)
+            }
+
+            fn type_oid() -> pgrx::pg_sys::Oid {
+                pgrx::pg_sys::RECORDOID
+            }
+        }
+
+        // SAFETY: the datum is a composite in memory that outlives the call (see `copy`).
+        unsafe impl pgrx::callconv::BoxRet for $name {
+            unsafe fn box_into<'fcx>(
+                self,
+                fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
+            ) -> pgrx::datum::Datum<'fcx> {
+                unsafe { fcinfo.return_raw_datum(self.0) }
+            }
+        }
+
+        pgrx::impl_sql_translatable!($name, $sql_type);
+    };
+}
+pub(crate) use table_row;

@@ -25,7 +25,8 @@ use crate::errors::raise;
 pub enum LockSpace {
     /// one lock per invoice tenant, held by whoever draws that tenant's numbers
     InvoiceTenant = 101,
-    /// one lock per payment idempotency key, taken before the key's account
+    /// one lock per idempotency key of a payment, a transfer (named "transfer\0key") or a
+    /// hold ("hold\0key"), taken before the key's accounts
     PaymentKey = 102,
     /// one lock per ledger account of exactly.payments
     Account = 103,
@@ -113,6 +114,28 @@ pub fn lock_exclusive_in_order(space: LockSpace, name: impl AsRef<[u8]>) {
             "retry the transaction; taking accounts, tenants or raffles in ascending order never needs a retry",
         );
     }
+}
+
+/// Take `name`'s lock in `space` only if no other transaction holds it; never waits, so it
+/// may be taken in any order. Taken, it counts in the lock order like any other.
+pub fn lock_if_free(space: LockSpace, name: impl AsRef<[u8]>) -> bool {
+    crate::early_release::note_hot_row();
+    let name = name.as_ref();
+    if !acquire(space, name, true) {
+        return false;
+    }
+    let xact = local_transaction_id();
+    HIGHEST_IN_ORDER.with(|highest| {
+        let mut highest = highest.borrow_mut();
+        let after_all_held = match &*highest {
+            Some((x, s, n)) if *x == xact => (space, name) > (*s, n.as_slice()),
+            _ => true,
+        };
+        if after_all_held {
+            *highest = Some((xact, space, name.to_vec()));
+        }
+    });
+    true
 }
 
 /// What a lock is for, for messages: the name when it is text, else the kind of lock.

@@ -17,7 +17,7 @@ fn install_released_scripts() {
         .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
     let out = Command::new(pg_config).arg("--sharedir").output().unwrap();
     let extension_dir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("extension");
-    for version in ["0.1.0", "0.2.0"] {
+    for version in ["0.1.0", "0.2.0", "0.3.0"] {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join(format!("sql/released/pg_exactly--{version}.sql"));
         let copied = std::fs::copy(&script, extension_dir.join(script.file_name().unwrap())).is_ok()
@@ -113,9 +113,12 @@ fn upgrading_from_every_released_version_gives_the_same_extension_as_installing_
     install_released_scripts();
     let cluster = Cluster::start(); // database postgres: a fresh install of this version
     let mut fresh = cluster.connect();
-    for from in ["0.1.0", "0.2.0"] {
+    for from in ["0.1.0", "0.2.0", "0.3.0"] {
         let name = format!("from_{}", from.replace('.', "_"));
-        let mut client = upgraded(&cluster, &name, from, "SELECT exactly.append_payment('before the upgrade', 10);");
+        // written as the old versions wrote it (their functions run on their own library only)
+        let before = "INSERT INTO exactly.accounts (account, balance, entries) VALUES ('before the upgrade', 10, 1);
+                      INSERT INTO exactly.payments (account, amount, running_balance) VALUES ('before the upgrade', 10, 10);";
+        let mut client = upgraded(&cluster, &name, from, before);
         assert_same_as_fresh(&mut fresh, &mut client, from);
         // the data from before is kept, and the functions work
         client
@@ -215,4 +218,52 @@ fn a_database_in_use_under_0_2_0_keeps_its_state_and_claims_after_the_update() {
     let next: String = app.query_one("SELECT exactly.next_invoice_number('11')", &[]).unwrap().get(0);
     assert_eq!(next, "11-00000005");
     assert_eq!(common::sqlstate(app.execute("UPDATE exactly.invoice_sequences SET next_value = 1", &[])), "42501");
+}
+
+/// A database in use under 0.3.0 — accounts with balances and limits, an application role
+/// given usage by 0.3.0's grant_usage — after the update: balances and limits are kept, no
+/// account has anything pending, the role reads the new tables and moves money at once,
+/// and verify_ledger is clean.
+#[test]
+fn a_ledger_in_use_under_0_3_0_takes_transfers_and_holds_after_the_update() {
+    install_released_scripts();
+    let cluster = Cluster::start();
+    let mut client = upgraded(
+        &cluster,
+        "ledger_in_use",
+        "0.3.0",
+        "CREATE ROLE app LOGIN;
+         SELECT exactly.grant_usage('app');
+         -- as 0.3.0 wrote them (its functions run on its own library only)
+         INSERT INTO exactly.accounts (account, min_balance, balance, entries) VALUES ('alice', 0, 100, 1);
+         INSERT INTO exactly.accounts (account, balance, entries) VALUES ('bob', 30, 2);
+         INSERT INTO exactly.payments (account, amount, running_balance)
+         VALUES ('alice', 100, 100), ('bob', 10, 10), ('bob', 20, 30);",
+    );
+    let mut config = cluster.config();
+    let mut app = config.dbname("ledger_in_use").user("app").connect(NoTls).unwrap();
+    let moved: String = app
+        .query_one("SELECT amount::text FROM exactly.transfer('alice', 'bob', 40)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(moved, "40");
+    let held: i64 = app.query_one("SELECT id FROM exactly.hold('alice', 'bob', 50)", &[]).unwrap().get(0);
+    // the limit kept from 0.3.0 counts the hold: 100 - 40 - 50 leaves 10
+    assert_eq!(common::sqlstate(app.query("SELECT exactly.transfer('alice', 'bob', 11)", &[])), "23514");
+    app.query("SELECT exactly.post_hold($1, 30)", &[&held]).unwrap();
+    let balances: Vec<String> = app
+        .query("SELECT account || ' ' || balance || ' ' || pending_debits || ' ' || pending_credits \
+                FROM exactly.accounts ORDER BY account", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(balances, ["alice 30 0 0", "bob 100 0 0"]);
+    let transfers: i64 = app.query_one("SELECT count(*) FROM exactly.transfers", &[]).unwrap().get(0);
+    assert_eq!(transfers, 2);
+    assert_eq!(common::sqlstate(app.execute("DELETE FROM exactly.holds", &[])), "42501");
+    app.execute("INSERT INTO exactly.accounts (account, currency, max_balance) VALUES ('eur', 'EUR', 5)", &[])
+        .unwrap();
+    let ok: bool = client.query_one("SELECT bool_and(ok) FROM exactly.verify_ledger()", &[]).unwrap().get(0);
+    assert!(ok);
 }
