@@ -1,0 +1,1 @@
+\i bench/transfers/reference.psql
