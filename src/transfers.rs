@@ -302,7 +302,7 @@ fn check_min(name: &str, account: &Account, amount: &AnyNumeric, what: &str) {
             PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
             format!(
                 "{what} of {amount} would take account \"{name}\" below its min_balance {min}: \
-                 its available balance would be {available} (balance {}, pending debits {})",
+                 its available balance would be {available} (balance {} after it, pending debits {})",
                 account.balance, account.pending_debits
             ),
             "nothing was changed; the transaction can go on (catch the error in a savepoint)",
