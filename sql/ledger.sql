@@ -118,7 +118,7 @@ BEGIN
     PERFORM exactly.flush_log();
     IF NOT EXISTS (SELECT FROM exactly.accounts a WHERE a.account OPERATOR(pg_catalog.=) balance_at.account) THEN
         RAISE EXCEPTION 'account "%" does not exist', account
-            USING ERRCODE = 'no_data', HINT = 'accounts are created by their first entry';
+            USING ERRCODE = '02000', HINT = 'accounts are created by their first entry';
     END IF;
     SELECT COALESCE(pg_catalog.sum(p.amount), 0) INTO total
     FROM exactly.payments p

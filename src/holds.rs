@@ -33,7 +33,7 @@ const INSERT_HOLD: &str = "INSERT INTO exactly.holds AS h
     VALUES ($1, $2, $3, $4, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) $5, $6, $7)
     RETURNING h";
 const BY_IDEMPOTENCY_KEY: &str = "SELECT h, h.from_account, h.to_account, h.amount,
-        h.metadata IS NOT DISTINCT FROM $2
+        COALESCE(h.metadata OPERATOR(pg_catalog.=) $2, h.metadata IS NULL AND $2 IS NULL)
     FROM exactly.holds h WHERE h.idempotency_key OPERATOR(pg_catalog.=) $1";
 const HOLD_ACCOUNTS: &str =
     "SELECT h.from_account, h.to_account FROM exactly.holds h WHERE h.id OPERATOR(pg_catalog.=) $1";
@@ -88,7 +88,7 @@ fn hold(
 ) -> Hold {
     let leg = Leg::new(from_account, to_account, amount, "");
     if let Some(timeout) = timeout {
-        if !timeout.is_positive() {
+        if timeout.as_micros() <= 0 {
             raise(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("timeout must be greater than 0, not {timeout}"),

@@ -65,7 +65,8 @@ const RECORD: &str = "WITH moved AS (
         ORDER BY e.position)
     SELECT m.moved_row, m.id FROM moved m ORDER BY m.leg";
 const BY_IDEMPOTENCY_KEY: &str = "SELECT t, t.from_account, t.to_account, t.amount,
-        t.metadata IS NOT DISTINCT FROM $2 AND ($3 IS NULL OR t.event_at OPERATOR(pg_catalog.=) $3)
+        COALESCE(t.metadata OPERATOR(pg_catalog.=) $2, t.metadata IS NULL AND $2 IS NULL)
+        AND ($3 IS NULL OR t.event_at OPERATOR(pg_catalog.=) $3)
     FROM exactly.transfers t WHERE t.idempotency_key OPERATOR(pg_catalog.=) $1 ORDER BY t.leg";
 
 /// Money to move from one account to another.
@@ -467,7 +468,15 @@ fn parse_legs(legs: serde_json::Value) -> Vec<Leg> {
                     hint,
                 ),
             };
-            let amount = amount.map(|a| a.parse::<AnyNumeric>().expect("numeric_in raises its own errors"));
+            let amount = amount.map(|a| {
+                a.parse::<AnyNumeric>().unwrap_or_else(|_| {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+                        format!("{what}\"amount\" {a} is out of numeric's range"),
+                        "numeric holds up to 131072 digits before the point and 16383 after",
+                    )
+                })
+            });
             Leg::new(text("from"), text("to"), amount, &what)
         })
         .collect()
