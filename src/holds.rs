@@ -16,7 +16,7 @@ use pgrx::{pg_sys, JsonB, PgBuiltInOids};
 use crate::errors::{finite, raise, required};
 use crate::spi_plans;
 use crate::transfers::{self, Change, Leg, Request, Transfer};
-use crate::xact_lock::{lock_exclusive_in_order, lock_if_free, LockSpace};
+use crate::xact_lock::{lock_all_in_order, lock_exclusive_in_order, lock_if_free, LockSpace};
 
 const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
 const TEXT_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
@@ -160,9 +160,8 @@ fn lock_hold(client: &mut SpiClient<'_>, id: i64) -> Held {
     }
     let (from, to) = rows.first().get_two::<String, String>().unwrap();
     let (from, to) = (from.unwrap(), to.unwrap());
-    for account in BTreeSet::from([&from, &to]) {
-        lock_exclusive_in_order(LockSpace::Account, account);
-    }
+    let accounts = BTreeSet::from([from.as_bytes(), to.as_bytes()]);
+    lock_all_in_order(LockSpace::Account, &accounts.into_iter().collect::<Vec<_>>());
     let rows = spi_plans::run_as_owner(client, HOLD, &[INT8], &[id.into()]);
     let row = rows.first();
     Held {
@@ -277,10 +276,8 @@ fn expire_holds() -> i64 {
         if holds.is_empty() {
             return 0;
         }
-        let accounts: BTreeSet<&String> = holds.iter().flat_map(|(_, f, t)| [f, t]).collect();
-        for account in accounts {
-            lock_exclusive_in_order(LockSpace::Account, account);
-        }
+        let accounts: BTreeSet<&[u8]> = holds.iter().flat_map(|(_, f, t)| [f.as_bytes(), t.as_bytes()]).collect();
+        lock_all_in_order(LockSpace::Account, &accounts.into_iter().collect::<Vec<_>>());
         let ids: Vec<i64> = holds.iter().map(|h| h.0).collect();
         let rows = spi_plans::run_as_owner(client, EXPIRE, &[INT8_ARRAY], &[ids.into()]);
         if rows.is_empty() { 0 } else { rows.first().get::<i64>(4).unwrap().unwrap_or(0) }

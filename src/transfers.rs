@@ -19,7 +19,7 @@ use pgrx::{pg_sys, JsonB, PgBuiltInOids};
 
 use crate::errors::{finite, raise, required};
 use crate::spi_plans;
-use crate::xact_lock::{lock_exclusive_in_order, LockSpace};
+use crate::xact_lock::{lock_all_in_order, lock_exclusive_in_order, LockSpace};
 
 /// Most legs one `transfers` call takes.
 const MAX_LEGS: usize = 10_000;
@@ -146,9 +146,8 @@ pub struct Walked {
 pub fn lock_accounts<'l>(legs: impl IntoIterator<Item = &'l Leg>) -> BTreeSet<String> {
     let accounts: BTreeSet<String> =
         legs.into_iter().flat_map(|l| [l.from.clone(), l.to.clone()]).collect();
-    for account in &accounts {
-        lock_exclusive_in_order(LockSpace::Account, account);
-    }
+    let names: Vec<&[u8]> = accounts.iter().map(|a| a.as_bytes()).collect();
+    lock_all_in_order(LockSpace::Account, &names);
     accounts
 }
 
