@@ -25,6 +25,7 @@ use crate::xact_lock::{lock_all_in_order, lock_exclusive_in_order, LockSpace};
 const MAX_LEGS: usize = 10_000;
 
 const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+const NUMERIC: PgOid = PgOid::BuiltIn(PgBuiltInOids::NUMERICOID);
 const TEXT_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
 const NUMERIC_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::NUMERICARRAYOID);
 const INT4_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4ARRAYOID);
@@ -35,14 +36,16 @@ const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
 
 spi_plans::table_row!(Transfer, "exactly.transfers");
 
-/// Add each account's total change; the accounts as they are afterwards.
+/// Add each account's total change (the `n`th element of `$2`..`$5` belongs to the `n`th
+/// account of `$1`); the accounts as they are afterwards. An index scan on the accounts'
+/// key and array subscripts: measured, a join against the unnested arrays cost a quarter of
+/// a transfer's CPU to start its plan.
 const CHANGE_ACCOUNTS: &str = "UPDATE exactly.accounts a
-    SET balance = a.balance OPERATOR(pg_catalog.+) d.balance,
-        entries = a.entries OPERATOR(pg_catalog.+) d.entries,
-        pending_debits = a.pending_debits OPERATOR(pg_catalog.+) d.debits,
-        pending_credits = a.pending_credits OPERATOR(pg_catalog.+) d.credits
-    FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) AS d(account, balance, entries, debits, credits)
-    WHERE a.account OPERATOR(pg_catalog.=) d.account
+    SET balance = a.balance OPERATOR(pg_catalog.+) $2[pg_catalog.array_position($1, a.account)],
+        entries = a.entries OPERATOR(pg_catalog.+) $3[pg_catalog.array_position($1, a.account)],
+        pending_debits = a.pending_debits OPERATOR(pg_catalog.+) $4[pg_catalog.array_position($1, a.account)],
+        pending_credits = a.pending_credits OPERATOR(pg_catalog.+) $5[pg_catalog.array_position($1, a.account)]
+    WHERE a.account OPERATOR(pg_catalog.=) ANY ($1)
     RETURNING a.account, a.balance, a.pending_debits, a.pending_credits,
               a.min_balance, a.max_balance, a.currency";
 const CREATE_ACCOUNTS: &str = "INSERT INTO exactly.accounts (account)
@@ -64,6 +67,14 @@ const RECORD: &str = "WITH moved AS (
         JOIN moved m ON m.leg OPERATOR(pg_catalog.=) e.leg
         ORDER BY e.position)
     SELECT m.moved_row, m.id FROM moved m ORDER BY m.leg";
+/// The same for a call of one leg, in two plain statements (cheaper to start than the
+/// joins above): the transfer, then its two entries in order.
+const RECORD_ONE: &str = "INSERT INTO exactly.transfers AS t (from_account, to_account, amount, currency,
+        metadata, event_at, idempotency_key, hold_id)
+    VALUES ($1, $2, $3, $4, $5, COALESCE($6, pg_catalog.now()), $7, $8)
+    RETURNING t, t.id";
+const RECORD_ONE_ENTRIES: &str = "INSERT INTO exactly.payments (account, amount, running_balance, transfer_id)
+    VALUES ($1, OPERATOR(pg_catalog.-) $3, $4, $6), ($2, $3, $5, $6)";
 const BY_IDEMPOTENCY_KEY: &str = "SELECT t, t.from_account, t.to_account, t.amount,
         COALESCE(t.metadata OPERATOR(pg_catalog.=) $2, t.metadata IS NULL AND $2 IS NULL)
         AND ($3 IS NULL OR t.event_at OPERATOR(pg_catalog.=) $3)
@@ -337,6 +348,9 @@ pub fn record(
     request: &Request,
     hold: Option<i64>,
 ) -> Vec<(Transfer, i64)> {
+    if let [leg] = legs {
+        return vec![record_one(client, outer, leg, walked, request, hold)];
+    }
     let (mut entry_accounts, mut entry_amounts, mut entry_legs) = (vec![], vec![], vec![]);
     let mut running = Vec::with_capacity(legs.len() * 2);
     for (i, (leg, (from_balance, to_balance))) in
@@ -371,6 +385,42 @@ pub fn record(
         transfers.push((Transfer::copy(outer, &rows, 1), rows.get::<i64>(2).unwrap().unwrap()));
     }
     transfers
+}
+
+/// `record` for a single leg.
+fn record_one(
+    client: &mut SpiClient<'_>,
+    outer: pg_sys::MemoryContext,
+    leg: &Leg,
+    mut walked: Walked,
+    request: &Request,
+    hold: Option<i64>,
+) -> (Transfer, i64) {
+    let args = [
+        leg.from.as_str().into(),
+        leg.to.as_str().into(),
+        leg.amount.clone().into(),
+        walked.currencies.pop().flatten().into(),
+        request.metadata.clone().map(JsonB).into(),
+        request.event_at.into(),
+        request.idempotency_key.as_deref().into(),
+        hold.into(),
+    ];
+    let types = [TEXT, TEXT, NUMERIC, TEXT, JSONB, TIMESTAMPTZ, TEXT, INT8];
+    let rows = spi_plans::run_as_owner(client, RECORD_ONE, &types, &args);
+    let row = rows.first();
+    let transfer = (Transfer::copy(outer, &row, 1), row.get::<i64>(2).unwrap().unwrap());
+    let args = [
+        leg.from.as_str().into(),
+        leg.to.as_str().into(),
+        leg.amount.clone().into(),
+        walked.from_balances.pop().unwrap().into(),
+        walked.to_balances.pop().unwrap().into(),
+        transfer.1.into(),
+    ];
+    let types = [TEXT, TEXT, NUMERIC, NUMERIC, NUMERIC, INT8];
+    spi_plans::run_as_owner(client, RECORD_ONE_ENTRIES, &types, &args);
+    transfer
 }
 
 /// What a call asks for beyond its legs: compared when its idempotency key comes back.
