@@ -235,7 +235,7 @@ fn change_accounts<'a>(
     }
     let args = [accounts.into(), balances.into(), entries.into(), debits.into(), credits.into()];
     let types = [TEXT_ARRAY, NUMERIC_ARRAY, INT8_ARRAY, NUMERIC_ARRAY, NUMERIC_ARRAY];
-    let rows = spi_plans::run_as_owner(client, CHANGE_ACCOUNTS, &types, &args);
+    let rows = spi_plans::run_as_owner_generic(client, CHANGE_ACCOUNTS, &types, &args);
     rows.map(|row| {
         (
             row.get::<String>(1).unwrap().unwrap(),
