@@ -1,14 +1,14 @@
 //! Double-entry transfers: money moved between two accounts, as two entries of the running
 //! ledger (src/ledger.rs) that sum to zero.
 //!
-//! A call locks every account it names once, in the lock order (`lock_exclusive_in_order`,
-//! sorted by name), whatever order the legs name them in, so transfers, holds and appends
-//! never deadlock one another. Under those locks one statement adds every account's total
-//! change and returns the accounts; the legs are then walked in order in memory, from the
-//! opening balances, checking currencies and limits after each leg (a refusal is an ERROR,
-//! which undoes the statement); a second statement inserts the transfers and their entries
-//! with the running balances the walk computed. Holds (src/holds.rs) change the same
-//! accounts' pending totals through the same path.
+//! A call locks every account it names once, in the lock order (`lock_all_in_order`, by
+//! name), whatever order the legs name them in, so transfers, holds and appends never
+//! deadlock one another. Under those locks one statement adds every account's total change
+//! and returns the accounts; the legs are then walked in order in memory, from the opening
+//! balances, checking currencies and limits after each leg (a refusal is an ERROR, which
+//! undoes the statement); then the transfers and their entries are inserted with the
+//! running balances the walk computed (one statement for many legs, two plain ones for one
+//! leg). Holds (src/holds.rs) change the same accounts' pending totals through the same path.
 
 use std::collections::{BTreeMap, BTreeSet};
 
