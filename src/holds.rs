@@ -316,3 +316,44 @@ pub fn release_expired(
     rows.map(|r| (r.get(1).unwrap().unwrap(), r.get(2).unwrap().unwrap(), r.get(3).unwrap().unwrap()))
         .collect()
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn text(sql: &str) -> String {
+        Spi::get_one::<String>(sql).unwrap().unwrap()
+    }
+
+    #[pg_test]
+    fn a_partial_post_moves_part_and_releases_the_rest() {
+        // ids start at 1 in this test's transaction (sequences do not roll back otherwise)
+        Spi::run("ALTER SEQUENCE exactly.holds_id_seq RESTART").unwrap();
+        Spi::run("SELECT exactly.append_payment('a', 100)").unwrap();
+        Spi::run("SELECT exactly.hold('a', 'b', 50)").unwrap();
+        assert_eq!(
+            text("SELECT pending_debits::text FROM exactly.accounts WHERE account = 'a'"),
+            "50"
+        );
+        assert_eq!(text("SELECT amount::text FROM exactly.post_hold(1, 20)"), "20");
+        assert_eq!(
+            text("SELECT string_agg(account || ' ' || balance || ' ' || pending_debits || ' ' || pending_credits, ', ' ORDER BY account) FROM exactly.accounts"),
+            "a 80 0 0, b 20 0 0"
+        );
+        assert_eq!(text("SELECT state || ' ' || posted_amount FROM exactly.holds"), "posted 20");
+    }
+
+    #[pg_test(error = "hold 1 is voided: it cannot be posted")]
+    fn a_voided_hold_cannot_be_posted() {
+        Spi::run("ALTER SEQUENCE exactly.holds_id_seq RESTART").unwrap();
+        Spi::run("SELECT exactly.hold('a', 'b', 5)").unwrap();
+        Spi::run("SELECT exactly.void_hold(1)").unwrap();
+        Spi::run("SELECT exactly.post_hold(1)").unwrap();
+    }
+
+    #[pg_test(error = "timeout must be greater than 0, not 00:00:00")]
+    fn a_zero_timeout_is_refused() {
+        Spi::run("SELECT exactly.hold('a', 'b', 5, timeout => '0 s')").unwrap();
+    }
+}

@@ -613,3 +613,51 @@ fn replay(
     }
     Some(first)
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn text(sql: &str) -> String {
+        Spi::get_one::<String>(sql).unwrap().unwrap()
+    }
+
+    #[pg_test]
+    fn a_transfer_appends_two_entries_with_running_balances() {
+        // ids start at 1 in this test's transaction (sequences do not roll back otherwise)
+        Spi::run("ALTER SEQUENCE exactly.transfers_id_seq RESTART").unwrap();
+        Spi::run("SELECT exactly.append_payment('a', 100)").unwrap();
+        Spi::run("SELECT exactly.transfer('a', 'b', 30)").unwrap();
+        assert_eq!(
+            text("SELECT string_agg(account || ' ' || amount || ' ' || running_balance || ' ' || coalesce(transfer_id::text, '-'), ', ' ORDER BY id) FROM exactly.payments"),
+            "a 100 100 -, a -30 70 1, b 30 30 1"
+        );
+        assert!(Spi::get_one::<bool>("SELECT bool_and(ok) FROM exactly.verify_ledger()").unwrap().unwrap());
+    }
+
+    #[pg_test]
+    fn legs_are_applied_in_order_and_limits_checked_after_each() {
+        Spi::run("INSERT INTO exactly.accounts (account, min_balance) VALUES ('a', 0)").unwrap();
+        // b first pays a, then a pays c: fine in this order
+        Spi::run(r#"SELECT exactly.transfers('[{"from": "b", "to": "a", "amount": 5}, {"from": "a", "to": "c", "amount": 5}]')"#).unwrap();
+        assert_eq!(text("SELECT balance::text FROM exactly.accounts WHERE account = 'a'"), "0");
+    }
+
+    #[pg_test(error = "a transfer of 5 would take account \"a\" below its min_balance 0: its available balance would be -5 (balance -5 after it, pending debits 0)")]
+    fn a_later_leg_cannot_pay_for_an_earlier_one() {
+        Spi::run("INSERT INTO exactly.accounts (account, min_balance) VALUES ('a', 0)").unwrap();
+        Spi::run(r#"SELECT exactly.transfers('[{"from": "a", "to": "c", "amount": 5}, {"from": "b", "to": "a", "amount": 5}]')"#).unwrap();
+    }
+
+    #[pg_test(error = "account \"e\" holds EUR and account \"u\" holds USD: money cannot move between different currencies")]
+    fn currencies_do_not_mix() {
+        Spi::run("INSERT INTO exactly.accounts (account, currency) VALUES ('e', 'EUR'), ('u', 'USD')").unwrap();
+        Spi::run("SELECT exactly.transfer('e', 'u', 1)").unwrap();
+    }
+
+    #[pg_test(error = "leg 1: unknown key \"ammount\"")]
+    fn a_misspelt_leg_key_is_refused() {
+        Spi::run(r#"SELECT exactly.transfers('[{"from": "a", "to": "b", "ammount": 5}]')"#).unwrap();
+    }
+}

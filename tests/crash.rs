@@ -42,6 +42,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{at_once_through, Client, Cluster, XorShift};
+use common::text::{raw as q, Rows};
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kind {
@@ -190,22 +191,6 @@ fn setup(cluster: &Cluster) {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(ids, vec![RAFFLE_KEYED, RAFFLE_UNKEYED]);
-}
-
-type Rows = Vec<Vec<Option<String>>>;
-
-fn q(c: &mut Client, sql: &str) -> Result<Rows, postgres::Error> {
-    Ok(c.simple_query(sql)?
-        .into_iter()
-        .filter_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).map(|s| s.to_string()))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect())
 }
 
 fn s(row: &[Option<String>], i: usize) -> String {
@@ -986,47 +971,7 @@ fn summary(acked: &Acked) -> String {
 fn crash_cycles(options: &str, stop_server: &dyn Fn(&Cluster), cycles: usize) {
     let cluster = Cluster::start_with(options);
     setup(&cluster);
-    let mut acked = Acked::default();
-    let mut faults = Vec::new();
-    for r in 0..cycles {
-        faults.extend(round(
-            &cluster,
-            r,
-            &mut acked,
-            Duration::from_millis(2500),
-            Some(stop_server),
-        ));
-        cluster.start_server();
-        faults.extend(
-            check(&cluster, &acked)
-                .into_iter()
-                .map(|f| format!("after crash {}: {f}", r + 1)),
-        );
-        eprintln!(
-            "after crash {}: acknowledged so far {}",
-            r + 1,
-            summary(&acked)
-        );
-    }
-    // the primitives still work after the last restart
-    faults.extend(round(
-        &cluster,
-        cycles,
-        &mut acked,
-        Duration::from_millis(500),
-        None,
-    ));
-    faults.extend(
-        check(&cluster, &acked)
-            .into_iter()
-            .map(|f| format!("after a clean final round: {f}")),
-    );
-    assert!(
-        faults.is_empty(),
-        "{} faults:\n{}",
-        faults.len(),
-        faults.join("\n")
-    );
+    common::crash::cycles(&cluster, stop_server, cycles, round, check, summary);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{at_once, sqlstate, Client, Cluster, XorShift};
+use common::{at_once, ledger_checks, sqlstate, Client, Cluster, XorShift};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -103,73 +103,9 @@ fn money(cents: i64) -> String {
 
 /// Everything that must hold of the ledger at any committed moment. Empty when all is well.
 fn ledger_faults(client: &mut Client) -> Vec<String> {
-    let mut faults = Vec::new();
-    // running balances chain, per account in id order
-    for r in texts(
-        client,
-        "SELECT account, id, prev::text, amount::text, running_balance::text FROM (
-             SELECT account, id, amount, running_balance,
-                    coalesce(lag(running_balance) OVER (PARTITION BY account ORDER BY id), 0) AS prev
-             FROM exactly.payments) x
-         WHERE running_balance IS DISTINCT FROM prev + amount ORDER BY id LIMIT 5",
-    ) {
-        faults.push(format!(
-            "chain: account {} entry {}: {} + {} != running {}",
-            r[0], r[1], r[2], r[3], r[4]
-        ));
-    }
-    // balance and entries equal the last entry and the count
-    for r in texts(
-        client,
-        "SELECT a.account, a.balance::text, a.entries::text,
-                coalesce((SELECT p.running_balance FROM exactly.payments p WHERE p.account = a.account
-                          ORDER BY p.id DESC LIMIT 1), 0)::text,
-                (SELECT count(*) FROM exactly.payments p WHERE p.account = a.account)::text
-         FROM exactly.accounts a
-         WHERE a.balance IS DISTINCT FROM coalesce((SELECT p.running_balance FROM exactly.payments p
-                                                    WHERE p.account = a.account ORDER BY p.id DESC LIMIT 1), 0)
-            OR a.entries IS DISTINCT FROM (SELECT count(*) FROM exactly.payments p WHERE p.account = a.account)
-         LIMIT 5",
-    ) {
-        faults.push(format!(
-            "account {}: balance {} entries {}, but last running balance {} and {} entries",
-            r[0], r[1], r[2], r[3], r[4]
-        ));
-    }
-    // every transfer: exactly two entries, -amount on from, +amount on to
-    for r in texts(
-        client,
-        "SELECT t.id, t.from_account, t.to_account, t.amount::text,
-                coalesce(string_agg(p.account || ' ' || p.amount::text, ', ' ORDER BY p.id), 'no entries')
-         FROM exactly.transfers t LEFT JOIN exactly.payments p ON p.transfer_id = t.id
-         GROUP BY t.id, t.from_account, t.to_account, t.amount
-         HAVING count(p.id) <> 2
-             OR count(*) FILTER (WHERE p.account = t.from_account AND p.amount = -t.amount) <> 1
-             OR count(*) FILTER (WHERE p.account = t.to_account AND p.amount = t.amount) <> 1
-         ORDER BY t.id LIMIT 5",
-    ) {
-        faults.push(format!(
-            "torn transfer {} ({} -> {} {}): entries {}",
-            r[0], r[1], r[2], r[3], r[4]
-        ));
-    }
-    let orphans = one(
-        client,
-        "SELECT count(*) FROM exactly.payments p WHERE p.transfer_id IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM exactly.transfers t WHERE t.id = p.transfer_id)",
-    );
-    if orphans != "0" {
-        faults.push(format!(
-            "{orphans} entries point at a transfer that does not exist"
-        ));
-    }
+    let mut faults = ledger_checks::entry_faults(client);
     faults.extend(invariant_faults(client));
-    for r in texts(
-        client,
-        "SELECT account, coalesce(detail, 'NULL') FROM exactly.verify_ledger() WHERE NOT ok LIMIT 5",
-    ) {
-        faults.push(format!("verify_ledger: account {}: {}", r[0], r[1]));
-    }
+    faults.extend(ledger_checks::verify_ledger_faults(client));
     faults
 }
 
@@ -1025,12 +961,7 @@ fn a_multi_leg_transfer_whose_later_leg_is_refused_leaves_nothing_under_concurre
         faults.extend(f);
         committed.extend(c);
     }
-    assert!(
-        faults.is_empty(),
-        "{} faults:\n{}",
-        faults.len(),
-        faults.join("\n")
-    );
+    common::assert_no_faults(&faults);
 
     // nothing of the refused calls remains
     let tagged = one(
@@ -1413,12 +1344,7 @@ fn holds_expiring_while_posted_end_in_exactly_one_state() {
         tally.keys().any(|k| k.starts_with("posted")),
         "no post succeeded: {tally:?}"
     );
-    assert!(
-        faults.is_empty(),
-        "{} faults:\n{}",
-        faults.len(),
-        faults.join("\n")
-    );
+    common::assert_no_faults(&faults);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1719,12 +1645,7 @@ fn a_post_and_a_void_of_one_hold_at_once_exactly_one_wins() {
             row[1], row[3], row[2]
         ));
     }
-    assert!(
-        faults.is_empty(),
-        "{} faults:\n{}",
-        faults.len(),
-        faults.join("\n")
-    );
+    common::assert_no_faults(&faults);
 }
 
 /// The receiving side: 40 connections hold 7 each into an account with max_balance 100 and

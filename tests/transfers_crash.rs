@@ -35,7 +35,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{at_once_through, Client, Cluster, XorShift};
+use common::{at_once_through, ledger_checks, Client, Cluster, XorShift};
+use common::text::raw as q;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -117,22 +118,6 @@ INSERT INTO exactly.accounts (account, max_balance) VALUES ('cap', 1000);
 SELECT exactly.append_payment('h' || i, 10000000) FROM generate_series(0, 2) i;
 SELECT exactly.append_payment('lim', 50);
 ";
-
-type Rows = Vec<Vec<Option<String>>>;
-
-fn q(c: &mut Client, sql: &str) -> Result<Rows, postgres::Error> {
-    Ok(c.simple_query(sql)?
-        .into_iter()
-        .filter_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).map(|s| s.to_string()))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect())
-}
 
 fn s(row: &[Option<String>], i: usize) -> String {
     row[i].clone().unwrap_or_else(|| "NULL".into())
@@ -521,54 +506,13 @@ fn round(
 /// "acknowledged".
 fn check(cluster: &Cluster, acked: &Acked) -> Vec<String> {
     let mut c = cluster.connect();
-    let mut faults = Vec::new();
-    let mut all = |sql: &str| q(&mut c, sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-
     // ledger invariants
-    for r in all(
-        "SELECT account, id, prev::text, amount::text, running_balance::text FROM (
-             SELECT account, id, amount, running_balance,
-                    coalesce(lag(running_balance) OVER (PARTITION BY account ORDER BY id), 0) AS prev
-             FROM exactly.payments) x
-         WHERE running_balance IS DISTINCT FROM prev + amount ORDER BY id LIMIT 5",
-    ) {
-        faults.push(format!(
-            "ledger: chain: account {} entry {}: {} + {} != running {}",
-            s(&r, 0), s(&r, 1), s(&r, 2), s(&r, 3), s(&r, 4)
-        ));
-    }
-    for r in all(
-        "SELECT a.account, a.balance::text, a.entries::text FROM exactly.accounts a
-         WHERE a.balance IS DISTINCT FROM coalesce((SELECT p.running_balance FROM exactly.payments p
-                                                    WHERE p.account = a.account ORDER BY p.id DESC LIMIT 1), 0)
-            OR a.entries IS DISTINCT FROM (SELECT count(*) FROM exactly.payments p WHERE p.account = a.account)",
-    ) {
-        faults.push(format!(
-            "ledger: account {}: balance {} / entries {} differ from its entries",
-            s(&r, 0), s(&r, 1), s(&r, 2)
-        ));
-    }
-    for r in all(
-        "SELECT t.id, coalesce(string_agg(p.account || ' ' || p.amount::text, ', ' ORDER BY p.id), 'no entries')
-         FROM exactly.transfers t LEFT JOIN exactly.payments p ON p.transfer_id = t.id
-         GROUP BY t.id, t.from_account, t.to_account, t.amount
-         HAVING count(p.id) <> 2
-             OR count(*) FILTER (WHERE p.account = t.from_account AND p.amount = -t.amount) <> 1
-             OR count(*) FILTER (WHERE p.account = t.to_account AND p.amount = t.amount) <> 1
-         ORDER BY t.id LIMIT 5",
-    ) {
-        faults.push(format!("ledger: torn transfer {}: entries {}", s(&r, 0), s(&r, 1)));
-    }
-    let orphans = all(
-        "SELECT count(*) FROM exactly.payments p WHERE p.transfer_id IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM exactly.transfers t WHERE t.id = p.transfer_id)",
-    );
-    if n(&orphans[0], 0) != 0 {
-        faults.push(format!(
-            "ledger: torn: {} entries of a missing transfer",
-            n(&orphans[0], 0)
-        ));
-    }
+    let mut faults: Vec<String> = ledger_checks::entry_faults(&mut c)
+        .into_iter()
+        .chain(ledger_checks::verify_ledger_faults(&mut c))
+        .map(|f| format!("ledger: {f}"))
+        .collect();
+    let mut all = |sql: &str| q(&mut c, sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
     let sums = all(
         "SELECT (SELECT coalesce(sum(balance), 0) FROM exactly.accounts)
                 = (SELECT coalesce(sum(amount), 0) FROM exactly.payments WHERE transfer_id IS NULL)",
@@ -603,9 +547,6 @@ fn check(cluster: &Cluster, acked: &Acked) -> Vec<String> {
          LIMIT 5",
     ) {
         faults.push(format!("ledger: hold {} is {} with {} transfers", s(&r, 0), s(&r, 1), s(&r, 2)));
-    }
-    for r in all("SELECT account, coalesce(detail, 'NULL') FROM exactly.verify_ledger() WHERE NOT ok LIMIT 5") {
-        faults.push(format!("ledger: verify_ledger: account {}: {}", s(&r, 0), s(&r, 1)));
     }
 
     // acknowledged transfers
@@ -801,47 +742,7 @@ fn summary(acked: &Acked) -> String {
 fn crash_cycles(options: &str, stop_server: &dyn Fn(&Cluster), cycles: usize) {
     let cluster = Cluster::start_with(options);
     cluster.connect().batch_execute(SCHEMA).unwrap();
-    let mut acked = Acked::default();
-    let mut faults = Vec::new();
-    for r in 0..cycles {
-        faults.extend(round(
-            &cluster,
-            r,
-            &mut acked,
-            Duration::from_millis(2500),
-            Some(stop_server),
-        ));
-        cluster.start_server();
-        faults.extend(
-            check(&cluster, &acked)
-                .into_iter()
-                .map(|f| format!("after crash {}: {f}", r + 1)),
-        );
-        eprintln!(
-            "after crash {}: acknowledged so far {}",
-            r + 1,
-            summary(&acked)
-        );
-    }
-    // everything still works after the last restart
-    faults.extend(round(
-        &cluster,
-        cycles,
-        &mut acked,
-        Duration::from_millis(500),
-        None,
-    ));
-    faults.extend(
-        check(&cluster, &acked)
-            .into_iter()
-            .map(|f| format!("after a clean final round: {f}")),
-    );
-    assert!(
-        faults.is_empty(),
-        "{} faults:\n{}",
-        faults.len(),
-        faults.join("\n")
-    );
+    common::crash::cycles(&cluster, stop_server, cycles, round, check, summary);
 }
 
 /// `kill -9` of the postmaster (and its children) mid-load, three times.

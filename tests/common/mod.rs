@@ -11,7 +11,20 @@ use std::time::{Duration, Instant};
 
 pub use postgres::{Client, NoTls};
 
+pub mod crash;
+pub mod decimal;
+pub mod ledger_checks;
 pub mod text;
+
+/// Panics, listing them with their count, unless `faults` is empty.
+pub fn assert_no_faults(faults: &[String]) {
+    assert!(
+        faults.is_empty(),
+        "{} faults:\n{}",
+        faults.len(),
+        faults.join("\n")
+    );
+}
 
 const PORT: u16 = 5432; // unix socket only, in our own directory: nothing to collide with
 
