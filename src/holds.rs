@@ -344,6 +344,17 @@ mod tests {
         assert_eq!(text("SELECT state || ' ' || posted_amount FROM exactly.holds"), "posted 20");
     }
 
+    #[pg_test]
+    fn an_expired_hold_never_refuses_an_append() {
+        Spi::run("INSERT INTO exactly.accounts (account, min_balance) VALUES ('a', 0)").unwrap();
+        Spi::run("SELECT exactly.append_payment('a', 10)").unwrap();
+        Spi::run("SELECT exactly.hold('a', 'b', 10, timeout => '1 ms')").unwrap();
+        Spi::run("SELECT pg_sleep(0.01)").unwrap();
+        assert_eq!(text("SELECT running_balance::text FROM exactly.append_payment('a', -10)"), "0");
+        assert_eq!(text("SELECT state FROM exactly.holds"), "expired");
+        assert!(Spi::get_one::<bool>("SELECT bool_and(ok) FROM exactly.verify_ledger()").unwrap().unwrap());
+    }
+
     #[pg_test(error = "hold 1 is voided: it cannot be posted")]
     fn a_voided_hold_cannot_be_posted() {
         Spi::run("ALTER SEQUENCE exactly.holds_id_seq RESTART").unwrap();

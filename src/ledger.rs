@@ -165,12 +165,12 @@ fn append_payments(
             }
             payments
         };
-        let payments = run(client);
-        if !payments.is_empty() {
-            return payments;
+        let mut payments = run(client);
+        while payments.is_empty() {
+            make_room_or_refuse(client, account, "this batch");
+            payments = run(client);
         }
-        ensure_account_or_refuse(client, account, "this batch");
-        run(client)
+        payments
     });
     SetOfIterator::new(payments)
 }
@@ -231,12 +231,11 @@ fn append(account: &str, amount: AnyNumeric, idempotency_key: Option<&str>) -> P
             );
             (!rows.is_empty()).then(|| rows.first().get_one::<AnyNumeric>().unwrap().unwrap())
         };
-        let balance = match add(client) {
-            Some(balance) => balance,
-            None => {
-                ensure_account_or_refuse(client, account, &format!("a payment of {amount}"));
-                add(client).expect("the account exists and the limit allows the payment")
+        let balance = loop {
+            if let Some(balance) = add(client) {
+                break balance;
             }
+            make_room_or_refuse(client, account, &format!("a payment of {amount}"));
         };
         let args = [
             account.into(),
@@ -280,31 +279,41 @@ fn replay(
     Some(Payment::copy(outer, &row, 1))
 }
 
-/// Called when an append changed nothing: either the account does not exist yet (create it;
-/// we hold its lock) or the append would take it past a limit (refuse).
-fn ensure_account_or_refuse(client: &mut SpiClient<'_>, account: &str, what: &str) {
+/// Called when an append changed nothing, to make it possible or refuse it (we hold the
+/// account's lock): the account does not exist yet (create it), or holds past their timeout
+/// still count against its limits (release them: an expired hold never refuses anything),
+/// or the append would take it past a limit (refuse). Returns only when it changed
+/// something, so the caller's retry cannot loop.
+fn make_room_or_refuse(client: &mut SpiClient<'_>, account: &str, what: &str) {
     let rows = spi_plans::run_as_owner(client, ACCOUNT_LIMIT, &[TEXT], &[account.into()]);
     if rows.is_empty() {
         spi_plans::run_as_owner(client, CREATE_ACCOUNT, &[TEXT], &[account.into()]);
         return;
     }
     let row = rows.first();
+    let pending = [4, 5].map(|i| row.get::<AnyNumeric>(i).unwrap().unwrap_or_default());
     let text = |i: usize| row.get::<AnyNumeric>(i).unwrap().map(|n| n.to_string());
     let (balance, min, max, debits, credits) = (text(1), text(2), text(3), text(4), text(5));
     let balance = balance.unwrap_or_default();
     let (debits, credits) = (debits.unwrap_or_default(), credits.unwrap_or_default());
-    let held = |pending: &str, side: &str| {
-        if pending == "0" { String::new() } else { format!(" (pending {side} {pending})") }
+    if pending.iter().any(|p| p > &AnyNumeric::from(0)) {
+        let accounts = std::collections::BTreeSet::from([account.to_string()]);
+        if !crate::holds::release_expired(client, &accounts, None).is_empty() {
+            return;
+        }
+    }
+    let held = |pending: &AnyNumeric, text: &str, side: &str| {
+        if pending == &AnyNumeric::from(0) { String::new() } else { format!(" (pending {side} {text})") }
     };
     let limit = match (min, max) {
-        (Some(min), None) => format!("below its min_balance {min}: its balance is {balance}{}", held(&debits, "debits")),
-        (None, Some(max)) => format!("above its max_balance {max}: its balance is {balance}{}", held(&credits, "credits")),
+        (Some(min), None) => format!("below its min_balance {min}: its balance is {balance}{}", held(&pending[0], &debits, "debits")),
+        (None, Some(max)) => format!("above its max_balance {max}: its balance is {balance}{}", held(&pending[1], &credits, "credits")),
         (min, max) => format!(
             "outside its limits (min_balance {}, max_balance {}): its balance is {balance}{}{}",
             min.unwrap_or_default(),
             max.unwrap_or_default(),
-            held(&debits, "debits"),
-            held(&credits, "credits")
+            held(&pending[0], &debits, "debits"),
+            held(&pending[1], &credits, "credits")
         ),
     };
     raise(
