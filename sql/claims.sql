@@ -16,24 +16,37 @@ CREATE TABLE exactly.claims (
     keys         jsonb[] NOT NULL,
     key_types    oid[] NOT NULL,
     leased_until timestamptz NOT NULL,
-    claimed_at   timestamptz NOT NULL DEFAULT now()
+    claimed_at   timestamptz NOT NULL DEFAULT now(),
+    -- what a failure of this claim's rows means (claim_batch's max_attempts, retry_after)
+    max_attempts integer,
+    retry_after  interval
 );
 CREATE INDEX claims_rel_leased_until_idx ON exactly.claims (rel, leased_until);
 COMMENT ON TABLE exactly.claims IS
     'pg_exactly: live work claims of exactly.claim_batch, one row per claimed batch';
 
 -- Per row of a user's table, how many claims of it ended without completing it (the
--- lease ran out or the claim was released): a row that keeps failing shows up here.
--- Rows stay after they are completed, as a record. `key` is the row's primary key as JSON
--- ({"id": 42}); row_key its stored form, which identifies it.
+-- lease ran out, the claim was released, or fail_rows named it): a row that keeps failing
+-- shows up here. Rows stay after they are completed, as a record. `key` is the row's
+-- primary key as JSON ({"id": 42}); row_key its stored form, which identifies it. A row
+-- with given_up_at set, or retry_at in the future, is not handed out; max_attempts and
+-- retry_after are the settings of the claim that failed it last.
 CREATE TABLE exactly.claim_attempts (
     rel             regclass NOT NULL,
     row_key         bytea NOT NULL,
     key             jsonb NOT NULL,
     failed_attempts integer NOT NULL,
     last_failed_at  timestamptz NOT NULL,
+    last_error      text,
+    max_attempts    integer,
+    retry_after     interval,
+    retry_at        timestamptz,
+    given_up_at     timestamptz,
     PRIMARY KEY (rel, row_key)
 );
+-- the rows a claim must not hand out: given up, or waiting to be retried
+CREATE INDEX claim_attempts_held_back_idx ON exactly.claim_attempts (rel)
+    WHERE given_up_at IS NOT NULL OR retry_at IS NOT NULL;
 COMMENT ON TABLE exactly.claim_attempts IS
     'pg_exactly: per claimed row, how many claims of it ended without completing it';
 

@@ -46,21 +46,21 @@ use pgrx::datum::{DatumWithOid, Interval};
 use pgrx::pg_sys::{self, PgOid};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiTupleTable};
-use pgrx::{PgBuiltInOids, Uuid};
+use pgrx::{JsonB, PgBuiltInOids, Uuid};
+use serde_json::Value;
 
 use crate::errors::{raise, required};
-use crate::spi_plans;
+use crate::leases::positive;
+use crate::spi_plans::{self, types::*};
 use crate::subtransaction;
 use crate::user_tables::{self, Column, RelArg, RowJson, UniqueKey, UserTable};
 use crate::xact_lock;
 
 const OID: PgOid = PgOid::BuiltIn(PgBuiltInOids::OIDOID);
 const OID_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::OIDARRAYOID);
-const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
 const BYTEA_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::BYTEAARRAYOID);
 const JSONB_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::JSONBARRAYOID);
-const INTERVAL: PgOid = PgOid::BuiltIn(PgBuiltInOids::INTERVALOID);
-const UUID: PgOid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
+const INT4_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4ARRAYOID);
 
 /// Most rows one claim hands out (they are returned in one result).
 const MAX_BATCH: i32 = 100_000;
@@ -74,44 +74,99 @@ const FULL_LOOK_EVERY: u32 = 16;
 const LAST_KEYS: &str = "SELECT c.row_keys[pg_catalog.array_upper(c.row_keys, 1)]
     FROM exactly.claims c
     WHERE c.rel OPERATOR(pg_catalog.=) $1 AND c.key_types OPERATOR(pg_catalog.=) $2";
-/// The keys the table's live claims hold.
-const LIVE_KEYS: &str = "SELECT k.image
+/// The keys the table's claims hold: live ones, and expired ones another claimer is taking
+/// back right now (see WRITE_CLAIM).
+const CLAIMED_KEYS: &str = "SELECT k.image
     FROM exactly.claims c, pg_catalog.unnest(c.row_keys) AS k(image)
-    WHERE c.rel OPERATOR(pg_catalog.=) $1 AND c.key_types OPERATOR(pg_catalog.=) $2
-      AND c.leased_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()";
+    WHERE c.rel OPERATOR(pg_catalog.=) $1 AND c.key_types OPERATOR(pg_catalog.=) $2";
+/// Rows of the table not to hand out: given up, or waiting to be retried.
+const HELD_BACK: &str = "SELECT a.row_key FROM exactly.claim_attempts a
+    WHERE a.rel OPERATOR(pg_catalog.=) $1
+      AND (a.given_up_at IS NOT NULL OR a.retry_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp())";
+/// Rows of the table that failed `max_attempts` ($2) times or more (under claims without it).
+const FAILED_TOO_OFTEN: &str = "SELECT a.row_key FROM exactly.claim_attempts a
+    WHERE a.rel OPERATOR(pg_catalog.=) $1 AND a.failed_attempts OPERATOR(pg_catalog.>=) $2";
+
+/// When a row that failed `n` times may be handed out again: `retry_after` x 2^(n-1) from
+/// now (the exponent capped at 20, the delay at 100 years), or at once without retry_after.
+macro_rules! retry_at {
+    ($n:literal, $retry_after:literal) => {
+        concat!(
+            "CASE WHEN ", $retry_after, " IS NULL THEN NULL ELSE pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) ",
+            "pg_catalog.make_interval(secs => LEAST(pg_catalog.date_part('epoch', ", $retry_after, ") ",
+            "OPERATOR(pg_catalog.*) pg_catalog.power(2::pg_catalog.float8, ",
+            "(LEAST(", $n, ", 21) OPERATOR(pg_catalog.-) 1)::pg_catalog.float8), 3153600000::pg_catalog.float8)) END"
+        )
+    };
+}
+/// Whether a row that failed `n` times is given up (now) under `max_attempts`.
+macro_rules! given_up_at {
+    ($n:literal, $max_attempts:literal) => {
+        concat!("CASE WHEN ", $n, " OPERATOR(pg_catalog.>=) ", $max_attempts, " THEN pg_catalog.clock_timestamp() END")
+    };
+}
+/// Count failed attempts: `$failed` defines CTEs ending in `failed(rel, image, key, k,
+/// error, max_attempts, retry_after)`, k attempts of each row.
+macro_rules! record_failures {
+    ($failed:literal) => {
+        concat!(
+            "WITH ", $failed, "
+            INSERT INTO exactly.claim_attempts AS a (rel, row_key, key, failed_attempts, last_failed_at,
+                last_error, max_attempts, retry_after, retry_at, given_up_at)
+            SELECT f.rel, f.image, f.key, f.k, pg_catalog.clock_timestamp(), f.error, f.max_attempts,
+                f.retry_after, ", retry_at!("f.k", "f.retry_after"), ", ", given_up_at!("f.k", "f.max_attempts"), "
+            FROM failed f
+            ON CONFLICT (rel, row_key) DO UPDATE
+            SET failed_attempts = a.failed_attempts OPERATOR(pg_catalog.+) excluded.failed_attempts,
+                last_failed_at = excluded.last_failed_at, last_error = excluded.last_error,
+                max_attempts = excluded.max_attempts, retry_after = excluded.retry_after,
+                retry_at = ", retry_at!("(a.failed_attempts OPERATOR(pg_catalog.+) excluded.failed_attempts)", "excluded.retry_after"), ",
+                given_up_at = COALESCE(a.given_up_at, ",
+                    given_up_at!("(a.failed_attempts OPERATOR(pg_catalog.+) excluded.failed_attempts)", "excluded.max_attempts"), ")
+            RETURNING 1"
+        )
+    };
+}
+
 /// Delete the table's claims whose lease ran out (their rows are pending again) and count
 /// a failed attempt for each of their rows. Claims another transaction is ending are left
 /// to it: taking back never waits.
-const TAKE_BACK_EXPIRED: &str = "WITH due AS (
+const TAKE_BACK_EXPIRED: &str = record_failures!(
+    "due AS (
         SELECT x.claim FROM exactly.claims x
         WHERE x.rel OPERATOR(pg_catalog.=) $1
           AND x.leased_until OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()
         FOR UPDATE SKIP LOCKED),
     expired AS (
         DELETE FROM exactly.claims c USING due d WHERE c.claim OPERATOR(pg_catalog.=) d.claim
-        RETURNING c.rel, c.row_keys, c.keys)
-    INSERT INTO exactly.claim_attempts AS a (rel, row_key, key, failed_attempts, last_failed_at)
-    SELECT e.rel, k.image,
-           (pg_catalog.array_agg(COALESCE(e.keys[k.n::pg_catalog.int4], 'null'::pg_catalog.jsonb)))[1],
-           pg_catalog.count(*), pg_catalog.clock_timestamp()
-    FROM expired e, pg_catalog.unnest(e.row_keys) WITH ORDINALITY AS k(image, n)
-    WHERE k.image IS NOT NULL
-    GROUP BY e.rel, k.image
-    ON CONFLICT (rel, row_key) DO UPDATE
-    SET failed_attempts = a.failed_attempts OPERATOR(pg_catalog.+) excluded.failed_attempts,
-        last_failed_at = excluded.last_failed_at";
+        RETURNING c.rel, c.row_keys, c.keys, c.max_attempts, c.retry_after),
+    failed AS (
+        SELECT e.rel, k.image,
+               (pg_catalog.array_agg(COALESCE(e.keys[k.n::pg_catalog.int4], 'null'::pg_catalog.jsonb)))[1] AS key,
+               pg_catalog.count(*)::pg_catalog.int4 AS k, 'the claim''s lease ran out'::pg_catalog.text AS error,
+               pg_catalog.max(e.max_attempts) AS max_attempts, pg_catalog.max(e.retry_after) AS retry_after
+        FROM expired e, pg_catalog.unnest(e.row_keys) WITH ORDINALITY AS k(image, n)
+        WHERE k.image IS NOT NULL
+        GROUP BY e.rel, k.image)"
+);
 /// Write the claim for the picked rows ($3 their keys' images, $4 the keys as JSON) that no
-/// live claim holds, seen afresh.
+/// claim holds and that are not held back, seen afresh. Rows of an expired claim that
+/// another claimer is taking back (its delete and failure count not committed yet) count
+/// as held: handing them out now would pass the failure count it is about to record.
 const WRITE_CLAIM: &str = "INSERT INTO exactly.claims
-        (claim, rel, done_column, row_keys, keys, key_types, leased_until)
+        (claim, rel, done_column, row_keys, keys, key_types, leased_until, max_attempts, retry_after)
     SELECT pg_catalog.gen_random_uuid(), $1, $2, pg_catalog.array_agg(p.image ORDER BY p.n),
            pg_catalog.array_agg(p.key ORDER BY p.n), $5,
-           pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) $6
+           pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) $6, $7, $8
     FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4)) WITH ORDINALITY AS p(image, key, n)
     WHERE NOT (p.image OPERATOR(pg_catalog.=) ANY (
         SELECT h.image FROM exactly.claims c, pg_catalog.unnest(c.row_keys) AS h(image)
-        WHERE c.rel OPERATOR(pg_catalog.=) $1
-          AND c.leased_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()))
+        WHERE c.rel OPERATOR(pg_catalog.=) $1))
+      AND NOT (p.image OPERATOR(pg_catalog.=) ANY (
+        SELECT a.row_key FROM exactly.claim_attempts a
+        WHERE a.rel OPERATOR(pg_catalog.=) $1
+          AND (a.given_up_at IS NOT NULL OR a.retry_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
+               OR a.failed_attempts OPERATOR(pg_catalog.>=) $7)))
     HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 0
     RETURNING claim, row_keys";
 /// End a live claim: its table, done column, rows and key types; nothing when it is stale.
@@ -124,34 +179,68 @@ const EXTEND: &str = "UPDATE exactly.claims c
     WHERE c.claim OPERATOR(pg_catalog.=) $1
       AND c.leased_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
     RETURNING pg_catalog.cardinality(c.row_keys)::pg_catalog.int8";
-const RELEASE: &str = "WITH released AS (
+const RELEASE: &str = record_failures!(
+    "released AS (
         DELETE FROM exactly.claims c
         WHERE c.claim OPERATOR(pg_catalog.=) $1
           AND c.leased_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
-        RETURNING c.rel, c.row_keys, c.keys)
-    INSERT INTO exactly.claim_attempts AS a (rel, row_key, key, failed_attempts, last_failed_at)
-    SELECT r.rel, k.image, COALESCE(r.keys[k.n::pg_catalog.int4], 'null'::pg_catalog.jsonb), 1,
-           pg_catalog.clock_timestamp()
-    FROM released r, pg_catalog.unnest(r.row_keys) WITH ORDINALITY AS k(image, n)
-    WHERE k.image IS NOT NULL
-    ON CONFLICT (rel, row_key) DO UPDATE
-    SET failed_attempts = a.failed_attempts OPERATOR(pg_catalog.+) 1,
-        last_failed_at = excluded.last_failed_at
+        RETURNING c.rel, c.row_keys, c.keys, c.max_attempts, c.retry_after),
+    failed AS (
+        SELECT r.rel, k.image, COALESCE(r.keys[k.n::pg_catalog.int4], 'null'::pg_catalog.jsonb) AS key,
+               1 AS k, 'the claim was released'::pg_catalog.text AS error, r.max_attempts, r.retry_after
+        FROM released r, pg_catalog.unnest(r.row_keys) WITH ORDINALITY AS k(image, n)
+        WHERE k.image IS NOT NULL)"
+);
+/// A live claim, locked: part of it is about to be completed or failed.
+const LOCK_CLAIM: &str = "SELECT c.rel, c.done_column, c.row_keys, c.keys, c.key_types, c.max_attempts, c.retry_after
+    FROM exactly.claims c
+    WHERE c.claim OPERATOR(pg_catalog.=) $1
+      AND c.leased_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
+    FOR UPDATE";
+/// Keep only the rows at positions $2 (in that order) in a live claim.
+const KEEP_ROWS: &str = "UPDATE exactly.claims c
+    SET row_keys = ARRAY(SELECT c.row_keys[i.n] FROM pg_catalog.unnest($2::pg_catalog.int4[]) WITH ORDINALITY AS i(n, o) ORDER BY i.o),
+        keys = ARRAY(SELECT c.keys[i.n] FROM pg_catalog.unnest($2::pg_catalog.int4[]) WITH ORDINALITY AS i(n, o) ORDER BY i.o)
+    WHERE c.claim OPERATOR(pg_catalog.=) $1
+      AND c.leased_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
     RETURNING 1";
+/// End a live claim whose last rows were taken out.
+const DROP_CLAIM: &str = "DELETE FROM exactly.claims c
+    WHERE c.claim OPERATOR(pg_catalog.=) $1
+      AND c.leased_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
+    RETURNING 1";
+/// Count a failed attempt of the rows at positions $4 of a claim's stored keys $2 and JSON
+/// keys $3, of table $1, with the error $5 and the claim's settings $6, $7.
+const FAIL_ROWS: &str = record_failures!(
+    "failed AS (
+        SELECT $1::pg_catalog.regclass AS rel, ($2::pg_catalog.bytea[])[i.n] AS image,
+               COALESCE(($3::pg_catalog.jsonb[])[i.n], 'null'::pg_catalog.jsonb) AS key, 1 AS k,
+               $5::pg_catalog.text AS error, $6::pg_catalog.int4 AS max_attempts,
+               $7::pg_catalog.interval AS retry_after
+        FROM pg_catalog.unnest($4::pg_catalog.int4[]) AS i(n)
+        WHERE ($2::pg_catalog.bytea[])[i.n] IS NOT NULL)"
+);
 
-/// Hand up to `batch` pending rows of `rel` (`done_column IS NULL`, held by no live claim)
-/// to a new claim for `lease`; one result row per claimed row, none when nothing is pending.
+/// Hand up to `batch` pending rows of `rel` (`done_column IS NULL`, held by no live claim,
+/// neither given up nor waiting to be retried) to a new claim for `lease`; one result row
+/// per claimed row, none when nothing is pending. With `complete`, that claim is completed
+/// first, in the same transaction.
+#[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe)]
 fn claim_batch(
     rel: Option<RelArg>,
     done_column: Option<&str>,
     batch: default!(Option<i32>, 100),
     lease: default!(Option<Interval>, "'5 minutes'"),
+    max_attempts: default!(Option<i32>, "NULL"),
+    retry_after: default!(Option<Interval>, "NULL"),
+    order_by: default!(Option<&str>, "NULL"),
+    complete: default!(Option<Uuid>, "NULL"),
 ) -> TableIterator<'static, (name!(claim, Uuid), name!(data, RowJson))> {
     let rel = required(rel, "rel").open();
     let done_column = required(done_column, "done_column");
     let batch = required(batch, "batch");
-    let lease = required(lease, "lease");
+    let lease = positive(lease, "lease");
     if !(1..=MAX_BATCH).contains(&batch) {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -159,22 +248,37 @@ fn claim_batch(
             format!("claim between 1 and {MAX_BATCH} rows at a time"),
         );
     }
-    check_lease(&lease);
+    if let Some(n) = max_attempts.filter(|n| *n < 1) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("max_attempts = {n} is out of range"),
+            "give up on a row after 1 or more failed attempts, or pass NULL never to give up",
+        );
+    }
+    let retry_after = retry_after.map(|r| positive(Some(r), "retry_after"));
+    if let Some(claim) = complete {
+        complete_batch(Some(claim));
+    }
     let table = user_tables::open(rel.oid());
     let key = primary_key(&table);
     let done = done_column_of(&table, key, done_column);
+    let order = order_by.map(|name| table.column(name, "order_by"));
     let key_types = key_types(&table, key);
     // SAFETY: the current context is the caller's; rows are copied into it from SPI's.
     let outer = unsafe { pg_sys::CurrentMemoryContext };
     let claimed = Spi::connect_mut(|client| {
         let relid = rel.oid();
+        let held_back = held_back_keys(client, relid, max_attempts);
+        // Rows after the newest claim are held by no claim, but may be held back, and are
+        // not the oldest by another column.
+        let fast_path_possible = held_back.is_empty() && order.is_none();
         // A round finds nothing to hold only when every row it picked went to claims that
         // committed after its first look; the next round's look sees those claims.
         for _ in 0..MAX_PICKS {
             let mut picked = None;
-            if !full_look_due() {
+            if fast_path_possible && !full_look_due() {
                 if let Some(newest) = newest_claimed_key(client, &table, key, relid, &key_types) {
-                    let rows = pick(client, &table, key, done, batch, Look::After(newest), outer);
+                    let rows = pick(client, &table, key, done, order, batch, Look::After(newest), outer);
                     // little after the newest claim: look at every pending row
                     picked = (rows.len() == batch as usize).then_some(rows);
                 }
@@ -183,8 +287,8 @@ fn claim_batch(
                 Some(rows) => rows,
                 None => {
                     spi_plans::run_as_owner(client, TAKE_BACK_EXPIRED, &[OID], &[relid.into()]);
-                    let live = live_claimed_keys(client, &table, key, relid, &key_types);
-                    pick(client, &table, key, done, batch, Look::Everywhere(live), outer)
+                    let skip = claimed_keys(client, &table, key, relid, &key_types, &held_back);
+                    pick(client, &table, key, done, order, batch, Look::Everywhere(skip), outer)
                 }
             };
             if picked.is_empty() {
@@ -204,11 +308,13 @@ fn claim_batch(
                 unsafe { spi_plans::arg(displays, pg_sys::JSONBARRAYOID) },
                 key_types.clone().into(),
                 lease.into(),
+                max_attempts.into(),
+                retry_after.into(),
             ];
             let written = spi_plans::run_as_owner(
                 client,
                 WRITE_CLAIM,
-                &[OID, TEXT, BYTEA_ARRAY, JSONB_ARRAY, OID_ARRAY, INTERVAL],
+                &[OID, TEXT, BYTEA_ARRAY, JSONB_ARRAY, OID_ARRAY, INTERVAL, INT4, INTERVAL],
                 &args,
             );
             if written.is_empty() {
@@ -226,6 +332,19 @@ fn claim_batch(
         vec![]
     });
     TableIterator::new(claimed)
+}
+
+/// The stored keys of the table's rows a claim must not hand out: given up, waiting to be
+/// retried, or (with `max_attempts`) failed that often already.
+fn held_back_keys(client: &mut SpiClient<'_>, relid: pg_sys::Oid, max_attempts: Option<i32>) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = spi_plans::run_as_owner(client, HELD_BACK, &[OID], &[relid.into()])
+        .filter_map(|row| row.get::<Vec<u8>>(1).ok().flatten())
+        .collect();
+    if let Some(n) = max_attempts {
+        let rows = spi_plans::run_as_owner(client, FAILED_TOO_OFTEN, &[OID, INT4], &[relid.into(), n.into()]);
+        keys.extend(rows.filter_map(|row| row.get::<Vec<u8>>(1).ok().flatten()));
+    }
+    keys
 }
 
 thread_local! {
@@ -274,12 +393,18 @@ fn pick(
     table: &UserTable,
     key: &UniqueKey,
     done: &Column,
+    order: Option<&Column>,
     batch: i32,
     look: Look,
     outer: pg_sys::MemoryContext,
 ) -> Vec<Picked> {
     let columns: Vec<String> = key.parts.iter().map(|p| format!("t.{}", table.by_attno(p.attno).sql())).collect();
     let (k, d) = (columns.join(", "), done.sql());
+    // oldest first by the order_by column (rows without a value last), ties in key order
+    let order_sql = match order {
+        Some(column) => format!("t.{} NULLS LAST, {k}", column.sql()),
+        None => k.clone(),
+    };
     let display: Vec<String> = key
         .parts
         .iter()
@@ -296,12 +421,12 @@ fn pick(
             "WITH picked AS (
                  SELECT t.tableoid, t.ctid FROM {table} AS t
                  WHERE t.{d} IS NULL AND {filter}
-                 ORDER BY {k} LIMIT {batch}
+                 ORDER BY {order_sql} LIMIT {batch}
                  FOR NO KEY UPDATE OF t SKIP LOCKED)
              SELECT {k}, pg_catalog.jsonb_build_object({display}), pg_catalog.to_jsonb(t.*)
              FROM {table} AS t
              WHERE {picked}
-             ORDER BY {k}",
+             ORDER BY {order_sql}",
             table = table.name,
             display = display.join(", "),
             picked = among_rows(table, "t", "picked"),
@@ -326,7 +451,7 @@ fn pick(
         // SAFETY: datums of those types, alive in SPI's memory for the statement.
         .map(|(&datum, &type_oid)| unsafe { spi_plans::arg(datum, type_oid.value()) })
         .collect();
-    let mut shape = vec![done.attno.into(), batch];
+    let mut shape = vec![done.attno.into(), batch, order.map_or(0, |c| c.attno.into())];
     shape.extend(key.parts.iter().map(|p| i32::from(p.attno)));
     let mut rows = table.run(
         client,
@@ -447,17 +572,20 @@ fn newest_claimed_key(
         .max_by(|a, b| compare_keys(key, a, b))
 }
 
-/// The keys the table's live claims hold, as one array per key column (index order).
-fn live_claimed_keys(
+/// The keys the table's claims hold, and `also` (stored keys), as one array per key
+/// column (index order).
+fn claimed_keys(
     client: &mut SpiClient<'_>,
     table: &UserTable,
     key: &UniqueKey,
     relid: pg_sys::Oid,
     key_types: &[pg_sys::Oid],
+    also: &[Vec<u8>],
 ) -> Vec<pg_sys::Datum> {
-    let rows = spi_plans::run_as_owner(client, LIVE_KEYS, &[OID, OID_ARRAY], &[relid.into(), key_types.to_vec().into()]);
+    let rows = spi_plans::run_as_owner(client, CLAIMED_KEYS, &[OID, OID_ARRAY], &[relid.into(), key_types.to_vec().into()]);
     let keys: Vec<Vec<pg_sys::Datum>> = rows
         .filter_map(|row| row.get::<Vec<u8>>(1).ok().flatten())
+        .chain(also.iter().cloned())
         .filter_map(|image| key.values_of_image(table, &image))
         .collect();
     key_arrays(table, key, &keys)
@@ -699,8 +827,7 @@ fn wait_for_row(
 #[pg_extern(volatile, parallel_unsafe)]
 fn extend_claim(claim: Option<Uuid>, lease: default!(Option<Interval>, "'5 minutes'")) -> i64 {
     let claim = required(claim, "claim");
-    let lease = required(lease, "lease");
-    check_lease(&lease);
+    let lease = positive(lease, "lease");
     Spi::connect_mut(|client| {
         let extended = spi_plans::run_as_owner(client, EXTEND, &[UUID, INTERVAL], &[claim.into(), lease.into()]);
         if extended.is_empty() {
@@ -718,14 +845,153 @@ fn release_claim(claim: Option<Uuid>) -> i64 {
     Spi::connect_mut(|client| spi_plans::run_as_owner(client, RELEASE, &[UUID], &[claim.into()]).len() as i64)
 }
 
-fn check_lease(lease: &Interval) {
-    if lease.as_micros() <= 0 {
+/// Mark the rows of a live claim named by `keys` done and take them out of the claim (a
+/// claim left with no rows ends); returns how many rows it marked. 0 when the claim has
+/// ended, whatever the keys; keys of rows not in the claim are ignored.
+#[pg_extern(volatile, parallel_unsafe)]
+fn complete_rows(claim: Option<Uuid>, keys: Option<JsonB>) -> i64 {
+    let claim = required(claim, "claim");
+    let keys = required(keys, "keys");
+    Spi::connect_mut(|client| {
+        let Some(taken) = take_rows(client, claim, &keys.0) else { return 0 };
+        let key = primary_key(&taken.table);
+        let done = done_column_of(&taken.table, key, &taken.done_column);
+        let values: Vec<Vec<pg_sys::Datum>> =
+            taken.images.iter().filter_map(|image| key.values_of_image(&taken.table, image)).collect();
+        if values.is_empty() {
+            return 0;
+        }
+        mark_done(client, &taken.table, key, done, &values)
+    })
+}
+
+/// Give the rows of a live claim named by `keys` back, as a failed attempt with `error`
+/// kept, and take them out of the claim; returns how many. 0 when the claim has ended.
+#[pg_extern(volatile, parallel_unsafe)]
+fn fail_rows(claim: Option<Uuid>, keys: Option<JsonB>, error: default!(Option<&str>, "NULL")) -> i64 {
+    let claim = required(claim, "claim");
+    let keys = required(keys, "keys");
+    Spi::connect_mut(|client| {
+        let Some(taken) = take_rows(client, claim, &keys.0) else { return 0 };
+        if taken.positions.is_empty() {
+            return 0;
+        }
+        let args = [
+            taken.table_oid.into(),
+            // SAFETY: the claim's arrays, read by take_rows in this SPI connection.
+            unsafe { spi_plans::arg(taken.row_keys, pg_sys::BYTEAARRAYOID) },
+            unsafe { spi_plans::arg(taken.keys, pg_sys::JSONBARRAYOID) },
+            taken.positions.clone().into(),
+            error.into(),
+            taken.max_attempts.into(),
+            taken.retry_after.into(),
+        ];
+        spi_plans::run_as_owner(client, FAIL_ROWS, &[OID, BYTEA_ARRAY, JSONB_ARRAY, INT4_ARRAY, TEXT, INT4, INTERVAL], &args)
+            .len() as i64
+    })
+}
+
+/// Rows taken out of a live claim by `take_rows`.
+struct TakenRows {
+    table_oid: pg_sys::Oid,
+    table: std::rc::Rc<UserTable>,
+    done_column: String,
+    /// the claim's stored keys and JSON keys as they were (arrays in SPI's memory)
+    row_keys: pg_sys::Datum,
+    keys: pg_sys::Datum,
+    /// positions (1-based) of the rows taken, and their stored keys
+    positions: Vec<i32>,
+    images: Vec<Vec<u8>>,
+    max_attempts: Option<i32>,
+    retry_after: Option<Interval>,
+}
+
+/// Lock a live claim and take the rows named by `keys` out of it (ending it if none is
+/// left). None when the claim has ended or its table's key changed since.
+fn take_rows(client: &mut SpiClient<'_>, claim: Uuid, keys: &Value) -> Option<TakenRows> {
+    let locked = spi_plans::run_as_owner(client, LOCK_CLAIM, &[UUID], &[claim.into()]);
+    if locked.is_empty() {
+        return None;
+    }
+    let row = locked.first();
+    let table_oid: pg_sys::Oid = row.get(1).unwrap().unwrap();
+    let done_column: String = row.get(2).unwrap().unwrap();
+    let stored: Vec<Option<Vec<u8>>> =
+        row.get::<Array<&[u8]>>(3).unwrap().unwrap().iter().map(|k| k.map(<[u8]>::to_vec)).collect();
+    let row_keys = row.get_datum_by_ordinal(3).unwrap().unwrap();
+    let json_keys = row.get_datum_by_ordinal(4).unwrap().unwrap();
+    let claimed_types: Vec<pg_sys::Oid> = row.get(5).unwrap().unwrap();
+    let max_attempts: Option<i32> = row.get(6).unwrap();
+    let retry_after: Option<Interval> = row.get(7).unwrap();
+    let table = user_tables::open(table_oid);
+    let key = primary_key(&table);
+    if claimed_types != key_types(&table, key) {
+        return None; // the primary key changed since the claim: its rows cannot be found
+    }
+    let wanted = images_of_json_keys(&table, key, keys);
+    let (taken, kept): (Vec<usize>, Vec<usize>) =
+        (0..stored.len()).partition(|&i| stored[i].as_ref().is_some_and(|image| wanted.contains(image)));
+    if !taken.is_empty() {
+        let changed = if kept.is_empty() {
+            spi_plans::run_as_owner(client, DROP_CLAIM, &[UUID], &[claim.into()])
+        } else {
+            let kept: Vec<i32> = kept.iter().map(|&i| i as i32 + 1).collect();
+            spi_plans::run_as_owner(client, KEEP_ROWS, &[UUID, INT4_ARRAY], &[claim.into(), kept.into()])
+        };
+        if changed.is_empty() {
+            return None; // the lease ran out meanwhile
+        }
+    }
+    Some(TakenRows {
+        table_oid,
+        done_column,
+        row_keys,
+        keys: json_keys,
+        positions: taken.iter().map(|&i| i as i32 + 1).collect(),
+        images: taken.iter().map(|&i| stored[i].clone().unwrap()).collect(),
+        max_attempts,
+        retry_after,
+        table,
+    })
+}
+
+/// The stored keys of the rows `keys` names: a JSON array of objects with the key's columns
+/// (other fields ignored, so claimed rows' `data` can be passed back), or of bare values for
+/// a one-column key. Each value is read as its column's type.
+fn images_of_json_keys(table: &UserTable, key: &UniqueKey, keys: &Value) -> HashSet<Vec<u8>> {
+    let Value::Array(keys) = keys else {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("lease {lease} is not positive"),
-            "pass how long a worker may hold its rows, e.g. '5 minutes'",
+            format!("keys must be a JSON array, not {keys}"),
+            "name the rows by primary key, e.g. '[{\"id\": 1}, {\"id\": 2}]' or '[1, 2]'",
         );
-    }
+    };
+    keys.iter()
+        .map(|element| {
+            let values: Vec<pg_sys::Datum> = key
+                .parts
+                .iter()
+                .map(|part| {
+                    let column = table.by_attno(part.attno);
+                    let value = match element {
+                        Value::Object(fields) => fields.get(&column.name),
+                        scalar if key.parts.len() == 1 && !scalar.is_array() => Some(scalar),
+                        _ => None,
+                    };
+                    match value {
+                        Some(value) if !value.is_null() => column.value_of_json(value).datum().expect("a non-null value").sans_lifetime(),
+                        _ => raise(
+                            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                            format!("key {element} does not give primary key column {} of {}", column.sql(), table.name),
+                            "name each row by an object with every primary key column, e.g. {\"id\": 1}",
+                        ),
+                    }
+                })
+                .collect();
+            // SAFETY: values of the key's columns, in index order.
+            unsafe { key.image(table, &values) }
+        })
+        .collect()
 }
 
 /// The table's primary key: what a claim records of each row.

@@ -23,9 +23,11 @@ mod errors;
 mod holds;
 mod invoice_templates;
 mod invoices;
+mod leases;
 mod ledger;
 mod locks;
 mod privileges;
+mod slots;
 mod spi_plans;
 mod subtransaction;
 mod tickets;
@@ -39,6 +41,7 @@ pgrx::extension_sql_file!("../sql/invoices.sql", name = "invoices_schema", boots
 pgrx::extension_sql_file!("../sql/tickets.sql", name = "tickets_schema");
 pgrx::extension_sql_file!("../sql/ledger.sql", name = "ledger_schema", requires = [early_release::flush_log]);
 pgrx::extension_sql_file!("../sql/claims.sql", name = "claims_schema");
+pgrx::extension_sql_file!("../sql/coordination.sql", name = "coordination_schema");
 pgrx::extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 /// Runs once when a backend loads the library.

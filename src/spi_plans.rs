@@ -152,3 +152,14 @@ macro_rules! table_row {
     };
 }
 pub(crate) use table_row;
+
+/// The parameter types our statements use, named once.
+pub mod types {
+    use pgrx::pg_sys::PgOid;
+    use pgrx::PgBuiltInOids;
+
+    pub const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+    pub const INT4: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
+    pub const UUID: PgOid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
+    pub const INTERVAL: PgOid = PgOid::BuiltIn(PgBuiltInOids::INTERVALOID);
+}

@@ -19,7 +19,6 @@
 //! operators come from the index's operator classes, values are always parameters,
 //! converted by the column type's own input function.
 
-use std::ffi::CString;
 
 use pgrx::datum::{AnyNumeric, DatumWithOid};
 use pgrx::pg_sys::{self, PgOid};
@@ -464,51 +463,9 @@ fn values(
                     "a unique index never matches NULL, so every call would create another row",
                 );
             }
-            datum(column, value)
+            column.value_of_json(value)
         })
         .collect()
-}
-
-/// A JSON value as a value of `column`'s type: its text through the type's input function,
-/// as a literal in SQL would be (a JSON string's contents, a number's digits exactly as
-/// written, `true`/`false` for a boolean). A json or jsonb column gets the value itself, as
-/// JSON; anywhere else an object, an array or a boolean is refused rather than turned into
-/// text.
-fn datum(column: &Column, value: &Value) -> DatumWithOid<'static> {
-    let json_column = [pg_sys::JSONOID, pg_sys::JSONBOID].contains(&column.base_type);
-    let kind = match value {
-        Value::Bool(_) if !json_column && column.base_type != pg_sys::BOOLOID => Some("true or false"),
-        Value::Object(_) if !json_column => Some("an object"),
-        Value::Array(_) if !json_column => Some("an array"),
-        _ => None,
-    };
-    if let Some(kind) = kind {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("column {} is not boolean or JSON, so its value cannot be {kind}: {value}", column.sql()),
-            format!(
-                "pass the value as a JSON string in the column type's own form, e.g. {{\"{}\": \"...\"}}",
-                column.name
-            ),
-        );
-    }
-    let text = match value {
-        Value::Null => return DatumWithOid::null_oid(column.type_oid),
-        Value::String(s) if !json_column => s.clone(),
-        other => other.to_string(),
-    };
-    let text = CString::new(text).expect("jsonb strings hold no NUL");
-    // SAFETY: the column's input function, read with the table's description; a value it
-    // rejects raises that function's own error (e.g. 22P02).
-    unsafe {
-        let datum = pg_sys::OidInputFunctionCall(
-            column.input_function,
-            text.as_ptr() as *mut _,
-            column.input_param,
-            column.typmod,
-        );
-        DatumWithOid::new(datum, column.type_oid)
-    }
 }
 
 /// `col` must be a number column outside the key, and `by` must fit its kind of number.

@@ -10,14 +10,16 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::rc::Rc;
 
 use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
 use pgrx::nullable::Nullable;
 use pgrx::pg_sys::{self, PgOid};
 use pgrx::prelude::*;
+use pgrx::datum::DatumWithOid;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
+use serde_json::Value;
 use pgrx::{PgList, PgRelation};
 
 use crate::errors::raise;
@@ -39,6 +41,49 @@ pub struct Column {
 }
 
 impl Column {
+    /// A JSON value as a value of `column`'s type: its text through the type's input function,
+    /// as a literal in SQL would be (a JSON string's contents, a number's digits exactly as
+    /// written, `true`/`false` for a boolean). A json or jsonb column gets the value itself, as
+    /// JSON; anywhere else an object, an array or a boolean is refused rather than turned into
+    /// text.
+    pub fn value_of_json(&self, value: &Value) -> DatumWithOid<'static> {
+            let column = self;
+        let json_column = [pg_sys::JSONOID, pg_sys::JSONBOID].contains(&column.base_type);
+        let kind = match value {
+            Value::Bool(_) if !json_column && column.base_type != pg_sys::BOOLOID => Some("true or false"),
+            Value::Object(_) if !json_column => Some("an object"),
+            Value::Array(_) if !json_column => Some("an array"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("column {} is not boolean or JSON, so its value cannot be {kind}: {value}", column.sql()),
+                format!(
+                    "pass the value as a JSON string in the column type's own form, e.g. {{\"{}\": \"...\"}}",
+                    column.name
+                ),
+            );
+        }
+        let text = match value {
+            Value::Null => return DatumWithOid::null_oid(column.type_oid),
+            Value::String(s) if !json_column => s.clone(),
+            other => other.to_string(),
+        };
+        let text = CString::new(text).expect("jsonb strings hold no NUL");
+        // SAFETY: the column's input function, read with the table's description; a value it
+        // rejects raises that function's own error (e.g. 22P02).
+        unsafe {
+            let datum = pg_sys::OidInputFunctionCall(
+                column.input_function,
+                text.as_ptr() as *mut _,
+                column.input_param,
+                column.typmod,
+            );
+            DatumWithOid::new(datum, column.type_oid)
+        }
+    }
+
     /// The name quoted for SQL.
     pub fn sql(&self) -> String {
         quote_identifier(&self.name)

@@ -23,6 +23,12 @@ use crate::errors::raise;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 #[repr(u16)]
 pub enum LockSpace {
+    /// one lock per lease name: exclusive for a grant, renewal or release, shared for a
+    /// fence check (held to the end of the writing transaction); first in the order, so a
+    /// fenced write may go on to take any other lock of ours
+    Lease = 98,
+    /// one lock per slot name, held by whoever takes, renews or gives back one of its slots
+    Slot = 99,
     /// one lock per invoice tenant, held by whoever draws that tenant's numbers
     InvoiceTenant = 101,
     /// one lock per idempotency key of a payment, a transfer (named "transfer\0key") or a
@@ -92,18 +98,27 @@ pub fn holds_any_lock_of_ours() -> bool {
 /// not, waiting could close a cycle, and the call fails with a serialization failure
 /// (40001) to retry instead. The rows these locks guard are written only by holders.
 pub fn lock_exclusive_in_order(space: LockSpace, name: impl AsRef<[u8]>) {
+    lock_in_order(space, name.as_ref(), pg_sys::ExclusiveLock)
+}
+
+/// As `lock_exclusive_in_order`, in share mode: holders of the share lock do not exclude
+/// one another, only the exclusive holders of the same name.
+pub fn lock_shared_in_order(space: LockSpace, name: impl AsRef<[u8]>) {
+    lock_in_order(space, name.as_ref(), pg_sys::ShareLock)
+}
+
+fn lock_in_order(space: LockSpace, name: &[u8], mode: u32) {
     crate::early_release::note_hot_row();
-    let name = name.as_ref();
     let xact = local_transaction_id();
     let after_all_held = HIGHEST_IN_ORDER.with(|highest| match &*highest.borrow() {
         Some((x, s, n)) if *x == xact => (space, name) >= (*s, n.as_slice()),
         _ => true,
     });
     if after_all_held {
-        acquire(space, name, false);
+        acquire_in_mode(space, name, mode, false);
         HIGHEST_IN_ORDER
             .with(|highest| *highest.borrow_mut() = Some((xact, space, name.to_vec())));
-    } else if !acquire(space, name, true) {
+    } else if !acquire_in_mode(space, name, mode, true) {
         raise(
             PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
             format!(
@@ -210,16 +225,13 @@ fn describe(space: LockSpace, name: &[u8]) -> String {
 /// when another transaction holds it. Without, it waits (deadlock-detected, and subject to
 /// `lock_timeout`), so only `lock_exclusive_in_order` and the named locks call it.
 pub fn acquire(space: LockSpace, name: impl AsRef<[u8]>, no_wait: bool) -> bool {
+    acquire_in_mode(space, name.as_ref(), pg_sys::ExclusiveLock, no_wait)
+}
+
+fn acquire_in_mode(space: LockSpace, name: &[u8], mode: u32, no_wait: bool) -> bool {
     let tag = tag(space, name);
     // SAFETY: a well-formed tag; an error (deadlock, cancel) longjmps out as an ERROR.
-    let result = unsafe {
-        pg_sys::LockAcquire(
-            &tag,
-            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
-            false,
-            no_wait,
-        )
-    };
+    let result = unsafe { pg_sys::LockAcquire(&tag, mode as pg_sys::LOCKMODE, false, no_wait) };
     result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
 }
 
