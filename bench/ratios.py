@@ -40,7 +40,9 @@ def pgbench(script, options):
     psql(reset.read_text() if reset.exists() else "VACUUM")  # both sides start alike
     pgoptions = re.search(r"^-- pgoptions: (.*)$", script.read_text(), re.M)
     env = dict(os.environ, PGOPTIONS=pgoptions.group(1)) if pgoptions else None
-    out = subprocess.run(["pgbench", "-n", "-M", "prepared", *options, "-f", str(script)],
+    # `-- pgbench-define: NAME=VALUE` lines give a variable its value before the first transaction
+    defines = [f"-D{d}" for d in re.findall(r"^-- pgbench-define: (\S+)$", script.read_text(), re.M)]
+    out = subprocess.run(["pgbench", "-n", "-M", "prepared", *defines, *options, "-f", str(script)],
                          check=True, capture_output=True, text=True, env=env).stdout
     failed = re.search(r"number of failed transactions: (\d+)", out)
     if failed and int(failed.group(1)) > 0:

@@ -256,6 +256,7 @@ fn claim_batch(
         );
     }
     let retry_after = retry_after.map(|r| positive(Some(r), "retry_after"));
+    // the worker's previous batch first: one commit for both
     if let Some(claim) = complete {
         complete_batch(Some(claim));
     }
@@ -272,62 +273,74 @@ fn claim_batch(
         // Rows after the newest claim are held by no claim, but may be held back, and are
         // not the oldest by another column.
         let fast_path_possible = held_back.is_empty() && order.is_none();
-        // A round finds nothing to hold only when every row it picked went to claims that
-        // committed after its first look; the next round's look sees those claims.
-        for _ in 0..MAX_PICKS {
-            let mut picked = None;
-            if fast_path_possible && !full_look_due() {
-                if let Some(newest) = newest_claimed_key(client, &table, key, relid, &key_types) {
-                    let rows = pick(client, &table, key, done, order, batch, Look::After(newest), outer);
-                    // little after the newest claim: look at every pending row
-                    picked = (rows.len() == batch as usize).then_some(rows);
+        // A round is undone (and its rows' locks let go) when some of the rows it picked went
+        // to claims that committed after its first look: holding their locks to the end of
+        // our transaction would make their owners' completions wait for us. The next round's
+        // look sees those claims; the last round keeps what it got.
+        for round in 1..=MAX_PICKS {
+            let claimed = subtransaction::attempt(|| {
+                let mut picked = None;
+                if fast_path_possible && !full_look_due() {
+                    if let Some(newest) = newest_claimed_key(client, &table, key, relid, &key_types) {
+                        let rows = pick(client, &table, key, done, order, batch, Look::After(newest), outer);
+                        // little after the newest claim: look at every pending row
+                        picked = (rows.len() == batch as usize).then_some(rows);
+                    }
                 }
-            }
-            let picked = match picked {
-                Some(rows) => rows,
-                None => {
-                    spi_plans::run_as_owner(client, TAKE_BACK_EXPIRED, &[OID], &[relid.into()]);
-                    let skip = claimed_keys(client, &table, key, relid, &key_types, &held_back);
-                    pick(client, &table, key, done, order, batch, Look::Everywhere(skip), outer)
+                let picked = match picked {
+                    Some(rows) => rows,
+                    None => {
+                        spi_plans::run_as_owner(client, TAKE_BACK_EXPIRED, &[OID], &[relid.into()]);
+                        let skip = claimed_keys(client, &table, key, relid, &key_types, &held_back);
+                        pick(client, &table, key, done, order, batch, Look::Everywhere(skip), outer)
+                    }
+                };
+                if picked.is_empty() {
+                    return Some(vec![]);
                 }
-            };
-            if picked.is_empty() {
-                return vec![];
+                // Our transaction now holds row locks outside pg_exactly's lock order.
+                xact_lock::hold_rows_outside_the_order();
+                let images: Vec<Vec<u8>> = picked.iter().map(|row| row.image.clone()).collect();
+                let displays: Vec<pg_sys::Datum> = picked.iter().map(|row| row.display).collect();
+                // SAFETY: jsonb datums of the pick's result, copied into the array.
+                let displays = unsafe { array_of(&displays, pg_sys::JSONBOID) };
+                let args = [
+                    relid.into(),
+                    done_column.into(),
+                    images.into(),
+                    // SAFETY: a jsonb[] built just above, alive for the statement.
+                    unsafe { spi_plans::arg(displays, pg_sys::JSONBARRAYOID) },
+                    key_types.clone().into(),
+                    lease.into(),
+                    max_attempts.into(),
+                    retry_after.into(),
+                ];
+                let written = spi_plans::run_as_owner(
+                    client,
+                    WRITE_CLAIM,
+                    &[OID, TEXT, BYTEA_ARRAY, JSONB_ARRAY, OID_ARRAY, INTERVAL, INT4, INTERVAL],
+                    &args,
+                );
+                if written.is_empty() {
+                    return None;
+                }
+                let row = written.first();
+                let claim: Uuid = row.get(1).unwrap().unwrap();
+                let held: HashSet<Vec<u8>> = images_of(row.get::<Array<&[u8]>>(2).unwrap().unwrap());
+                if held.len() < picked.len() && round < MAX_PICKS {
+                    return None;
+                }
+                Some(
+                    picked
+                        .into_iter()
+                        .filter(|row| held.contains(&row.image))
+                        .map(|row| (claim, row.data))
+                        .collect(),
+                )
+            });
+            if let Some(claimed) = claimed {
+                return claimed;
             }
-            // Our transaction now holds row locks outside pg_exactly's lock order.
-            xact_lock::hold_rows_outside_the_order();
-            let images: Vec<Vec<u8>> = picked.iter().map(|row| row.image.clone()).collect();
-            let displays: Vec<pg_sys::Datum> = picked.iter().map(|row| row.display).collect();
-            // SAFETY: jsonb datums of the pick's result, copied into the array.
-            let displays = unsafe { array_of(&displays, pg_sys::JSONBOID) };
-            let args = [
-                relid.into(),
-                done_column.into(),
-                images.into(),
-                // SAFETY: a jsonb[] built just above, alive for the statement.
-                unsafe { spi_plans::arg(displays, pg_sys::JSONBARRAYOID) },
-                key_types.clone().into(),
-                lease.into(),
-                max_attempts.into(),
-                retry_after.into(),
-            ];
-            let written = spi_plans::run_as_owner(
-                client,
-                WRITE_CLAIM,
-                &[OID, TEXT, BYTEA_ARRAY, JSONB_ARRAY, OID_ARRAY, INTERVAL, INT4, INTERVAL],
-                &args,
-            );
-            if written.is_empty() {
-                continue;
-            }
-            let row = written.first();
-            let claim: Uuid = row.get(1).unwrap().unwrap();
-            let held: HashSet<Vec<u8>> = images_of(row.get::<Array<&[u8]>>(2).unwrap().unwrap());
-            return picked
-                .into_iter()
-                .filter(|row| held.contains(&row.image))
-                .map(|row| (claim, row.data))
-                .collect();
         }
         vec![]
     });

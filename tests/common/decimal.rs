@@ -15,7 +15,11 @@ pub struct Dec {
 
 impl Dec {
     pub fn zero() -> Dec {
-        Dec { neg: false, mag: Vec::new(), scale: 0 }
+        Dec {
+            neg: false,
+            mag: Vec::new(),
+            scale: 0,
+        }
     }
 
     pub fn parse(text: &str) -> Dec {
@@ -28,12 +32,27 @@ impl Dec {
             int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()),
             "not a plain decimal: {text:.40}"
         );
-        let mag: Vec<u8> = int.bytes().chain(frac.bytes()).rev().map(|b| b - b'0').collect();
-        Dec { neg, mag, scale: frac.len() }.normalized()
+        let mag: Vec<u8> = int
+            .bytes()
+            .chain(frac.bytes())
+            .rev()
+            .map(|b| b - b'0')
+            .collect();
+        Dec {
+            neg,
+            mag,
+            scale: frac.len(),
+        }
+        .normalized()
     }
 
     fn normalized(mut self) -> Dec {
-        let trailing = self.mag.iter().take(self.scale).take_while(|d| **d == 0).count();
+        let trailing = self
+            .mag
+            .iter()
+            .take(self.scale)
+            .take_while(|d| **d == 0)
+            .count();
         self.mag.drain(..trailing);
         self.scale -= trailing;
         while self.mag.len() > self.scale && self.mag.last() == Some(&0) {
@@ -116,7 +135,11 @@ impl Dec {
     }
 
     pub fn negated(&self) -> Dec {
-        Dec { neg: !self.neg, ..self.clone() }.normalized()
+        Dec {
+            neg: !self.neg,
+            ..self.clone()
+        }
+        .normalized()
     }
 
     pub fn sub(&self, other: &Dec) -> Dec {
@@ -153,7 +176,13 @@ impl fmt::Debug for Dec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.text();
         if s.len() > 60 {
-            write!(f, "{}…{} ({} characters)", &s[..25], &s[s.len() - 25..], s.len())
+            write!(
+                f,
+                "{}…{} ({} characters)",
+                &s[..25],
+                &s[s.len() - 25..],
+                s.len()
+            )
         } else {
             write!(f, "{s}")
         }

@@ -10,7 +10,11 @@ fn texts(client: &mut Client, sql: &str) -> Vec<Vec<String>> {
     raw(client, sql)
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .into_iter()
-        .map(|r| r.into_iter().map(|v| v.unwrap_or_else(|| "NULL".into())).collect())
+        .map(|r| {
+            r.into_iter()
+                .map(|v| v.unwrap_or_else(|| "NULL".into()))
+                .collect()
+        })
         .collect()
 }
 

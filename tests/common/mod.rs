@@ -110,16 +110,31 @@ impl Cluster {
             server_command(&self.bin.join("pg_basebackup"))
                 .arg("-h")
                 .arg(&self.dir)
-                .args(["-p", &PORT.to_string(), "-U", "postgres", "-R", "-X", "stream", "-D"])
+                .args([
+                    "-p",
+                    &PORT.to_string(),
+                    "-U",
+                    "postgres",
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-D",
+                ])
                 .arg(dir.join("data"))
                 .output()
                 .unwrap(),
         );
         let options = std::fs::read_to_string(self.dir.join("options"))
             .unwrap()
-            .replace(&format!("-k {}", self.dir.display()), &format!("-k {}", dir.display()));
+            .replace(
+                &format!("-k {}", self.dir.display()),
+                &format!("-k {}", dir.display()),
+            );
         std::fs::write(dir.join("options"), options).unwrap();
-        let standby = Cluster { dir, bin: self.bin.clone() };
+        let standby = Cluster {
+            dir,
+            bin: self.bin.clone(),
+        };
         standby.start_server();
         standby
     }
@@ -206,7 +221,9 @@ impl Cluster {
             .args(["-P", &postmaster.to_string()])
             .output()
             .unwrap();
-        let _ = Command::new("kill").args(["-9", &postmaster.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-9", &postmaster.to_string()])
+            .status();
         for child in String::from_utf8_lossy(&children.stdout).split_whitespace() {
             let _ = Command::new("kill").args(["-9", child]).status();
         }
@@ -220,7 +237,10 @@ impl Cluster {
             if !alive && left.stdout.is_empty() {
                 break;
             }
-            assert!(Instant::now() < deadline, "postmaster {postmaster} did not go away");
+            assert!(
+                Instant::now() < deadline,
+                "postmaster {postmaster} did not go away"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -474,7 +494,11 @@ pub fn examples_that_differ() -> Vec<String> {
         }
         let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
         if actual != expected {
-            failures.push(format!("{}:\n{}", sql.display(), first_difference(&expected, &actual)));
+            failures.push(format!(
+                "{}:\n{}",
+                sql.display(),
+                first_difference(&expected, &actual)
+            ));
         }
     }
     failures
