@@ -96,6 +96,21 @@ psql_quiet -d sync -c "CREATE EXTENSION pg_exactly" -f demo/sync_setup.sql
 pgbench -n -M prepared -c 8 -j 2 -t 30 -f demo/sync.pgbench sync >/dev/null
 psql_quiet -d sync -f demo/sync_proof.sql
 
+echo
+echo "== seed 003 with a lease held across the third-party call instead of a lock: 8 sync jobs,"
+echo "   a 20 ms lease, third-party calls that stall 0-40 ms (pgbench)"
+echo
+psql_quiet -c "CREATE DATABASE naive_lease" -c "CREATE DATABASE lease"
+echo "-- a lease table without fencing: a job that stalled past its lease still writes"
+psql_quiet -d naive_lease -f demo/lease_naive.sql
+pgbench -n -c 8 -j 2 -T 3 -f demo/lease.pgbench naive_lease >/dev/null
+psql_quiet -d naive_lease -f demo/lease_proof.sql
+echo "-- pg_exactly: exactly.acquire_lease(...), then exactly.check_fence(...) before the write"
+psql_quiet -d lease -f demo/lease_exactly.sql
+pgbench -n -c 8 -j 2 -T 3 -f demo/lease.pgbench lease >/dev/null
+psql_quiet -d lease -f demo/lease_proof.sql
+psql_quiet -d lease -c "SELECT fence AS grants FROM exactly.leases"
+
 if [ "${KEEP_CLUSTER:-}" = 1 ]; then
     echo "The cluster is still running. Connect with:"
     echo "    $CLUSTER_BIN/psql -h $CLUSTER_DIR -U postgres exactly"

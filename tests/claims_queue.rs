@@ -487,8 +487,9 @@ struct JobsLog {
     holds: Vec<Hold>,
     /// (row, claim call start, claim call return)
     deliveries: Vec<(i64, i64, i64)>,
-    /// per bad row and delivery (claim return): the fail_rows text that failed it, if one did
-    fates: Vec<(i64, i64, Option<String>)>,
+    /// per bad row and delivery (claim return): the fail_rows text that failed it, if one
+    /// did, and how the worker let it fail
+    fates: Vec<(i64, i64, Option<String>, &'static str)>,
     /// texts of fail_rows calls that took nothing (their text must never be kept)
     took_nothing: Vec<String>,
     faults: Vec<String>,
@@ -540,6 +541,7 @@ fn work_the_jobs(cluster: &Cluster, max_attempts: Option<i32>, run_for: Duration
             let bare = rng.next() % 2 == 0;
             let text = format!("boom {w}-{n}");
             let mut fate = None;
+            let mut how = "";
             let mode = if bad.is_empty() {
                 8 + rng.next() % 2
             } else {
@@ -555,8 +557,11 @@ fn work_the_jobs(cluster: &Cluster, max_attempts: Option<i32>, run_for: Duration
                 0 | 1 => {
                     let r = fail_rows(client, &c, &keys_of(&bad, bare), Some(&text));
                     match account(&mut held, "fail_rows", &bad, r, faults) {
-                        Some(_) => fate = Some(text.clone()),
-                        None => log.took_nothing.push(text.clone()),
+                        Some(_) => (fate, how) = (Some(text.clone()), "fail_rows"),
+                        None => {
+                            log.took_nothing.push(text.clone());
+                            how = "lease ran out (fail_rows took nothing)";
+                        }
                     }
                     let rest = held.remaining();
                     let r = complete_batch(client, &c);
@@ -566,31 +571,43 @@ fn work_the_jobs(cluster: &Cluster, max_attempts: Option<i32>, run_for: Duration
                 2 | 3 => {
                     let r = fail_rows(client, &c, &keys_of(&bad, bare), Some(&text));
                     match account(&mut held, "fail_rows", &bad, r, faults) {
-                        Some(_) => fate = Some(text.clone()),
-                        None => log.took_nothing.push(text.clone()),
+                        Some(_) => (fate, how) = (Some(text.clone()), "fail_rows"),
+                        None => {
+                            log.took_nothing.push(text.clone());
+                            how = "lease ran out (fail_rows took nothing)";
+                        }
                     }
                 }
                 4 => {
                     let rest = held.remaining();
                     let r = release_claim(client, &c);
-                    account(&mut held, "release_claim", &rest, r, faults);
+                    how = match account(&mut held, "release_claim", &rest, r, faults) {
+                        Some(_) => "release_claim",
+                        None => "lease ran out (release_claim took nothing)",
+                    };
                 }
-                5 => {} // the lease runs out
+                5 => how = "lease ran out", // the lease runs out
                 // too late: the lease has run out; these must take nothing
                 6 => {
                     sleep_ms(JOB_LEASE_US as u64 / 1000 + 100);
                     let late = format!("late {w}-{n}");
                     let r = fail_rows(client, &c, &keys_of(&bad, bare), Some(&late));
                     match account(&mut held, "late fail_rows", &bad, r, faults) {
-                        Some(_) => fate = Some(late),
-                        None => log.took_nothing.push(late),
+                        Some(_) => (fate, how) = (Some(late), "late fail_rows"),
+                        None => {
+                            log.took_nothing.push(late);
+                            how = "lease ran out, then a late fail_rows took nothing";
+                        }
                     }
                 }
                 7 => {
                     sleep_ms(JOB_LEASE_US as u64 / 1000 + 100);
                     let rest = held.remaining();
                     let r = release_claim(client, &c);
-                    account(&mut held, "late release_claim", &rest, r, faults);
+                    how = match account(&mut held, "late release_claim", &rest, r, faults) {
+                        Some(_) => "late release_claim",
+                        None => "lease ran out, then a late release_claim took nothing",
+                    };
                 }
                 8 => {
                     let r = complete_batch(client, &c);
@@ -602,7 +619,7 @@ fn work_the_jobs(cluster: &Cluster, max_attempts: Option<i32>, run_for: Duration
                 }
             }
             for id in &bad {
-                log.fates.push((*id, b.ret, fate.clone()));
+                log.fates.push((*id, b.ret, fate.clone(), how));
             }
             log.holds.extend(held.holds());
         }
@@ -693,9 +710,11 @@ fn check_jobs(client: &mut Client, log: &JobsLog, max_attempts: i64) -> Vec<Stri
                 "bad row {id}: failed_attempts = {failed}, not {max_attempts}"
             ));
         }
+        let last = log.fates.iter().filter(|f| f.0 == id).max_by_key(|f| f.1);
         match given_up {
             None => faults.push(format!(
-                "bad row {id} is not given up ({failed} failed attempts)"
+                "bad row {id} is not given up ({failed} failed attempts; last delivery: {})",
+                last.map_or("none", |f| f.3)
             )),
             Some(at) => {
                 for (start, _) in deliveries.get(&id).into_iter().flatten() {
@@ -708,8 +727,7 @@ fn check_jobs(client: &mut Client, log: &JobsLog, max_attempts: i64) -> Vec<Stri
                 }
             }
         }
-        let last = log.fates.iter().filter(|f| f.0 == id).max_by_key(|f| f.1);
-        if let Some((_, _, Some(text))) = last {
+        if let Some((_, _, Some(text), _)) = last {
             if last_error.as_deref() != Some(text.as_str()) {
                 faults.push(format!(
                     "bad row {id}: last failed by fail_rows(..., '{text}'), but last_error = {last_error:?}"
@@ -741,7 +759,7 @@ fn rows_that_keep_failing_are_given_up_after_exactly_max_attempts() {
     let mut client = cluster.connect();
     jobs_table(&mut client);
     let started = Instant::now();
-    let log = work_the_jobs(&cluster, Some(3), Duration::from_secs(45));
+    let log = work_the_jobs(&cluster, Some(3), Duration::from_secs(30));
     eprintln!(
         "worked the jobs in {:?}: {} deliveries, {} fail_rows that took nothing",
         started.elapsed(),
@@ -749,6 +767,19 @@ fn rows_that_keep_failing_are_given_up_after_exactly_max_attempts() {
         log.took_nothing.len()
     );
     let mut faults = check_jobs(&mut client, &log, 3);
+    for r in client
+        .query(
+            "SELECT claim::text, leased_until < clock_timestamp(), keys::text FROM exactly.claims
+              WHERE rel = 'jobs'::regclass",
+            &[],
+        )
+        .unwrap()
+    {
+        let (c, expired, keys): (String, bool, String) = (r.get(0), r.get(1), r.get(2));
+        faults.push(format!(
+            "after the workers stopped, claim {c} (expired: {expired}) still holds {keys}"
+        ));
+    }
     for args in [
         "'jobs', 'done_at', batch => 1000, max_attempts => 3",
         "'jobs', 'done_at', batch => 1000",
