@@ -1109,3 +1109,69 @@ pub unsafe extern "C-unwind" fn claim_key_of_0_2_text(fcinfo: pg_sys::FunctionCa
     }
 }
 crate::finfo_v1!(pg_finfo_claim_key_of_0_2_text);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn text(sql: &str) -> Option<String> {
+        Spi::get_one::<String>(sql).unwrap()
+    }
+
+    fn queue() {
+        Spi::run(
+            "CREATE TABLE q (id int PRIMARY KEY, made timestamptz, done timestamptz);
+             INSERT INTO q SELECT i, now() - i * interval '1 minute', NULL FROM generate_series(1, 3) i",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn a_row_failed_max_attempts_times_is_given_up_with_its_last_error() {
+        queue();
+        for attempt in 1..=2 {
+            let claim = text("SELECT claim::text FROM exactly.claim_batch('q', 'done', 1, max_attempts => 2) LIMIT 1").unwrap();
+            let failed = Spi::get_one::<i64>(&format!("SELECT exactly.fail_rows('{claim}', '[1]', 'boom {attempt}')")).unwrap();
+            assert_eq!(failed, Some(1));
+        }
+        assert_eq!(
+            text("SELECT failed_attempts || ' ' || last_error || ' ' || (given_up_at IS NOT NULL) FROM exactly.claim_attempts"),
+            Some("2 boom 2 true".into())
+        );
+        // row 1 is no longer handed out; 2 and 3 are
+        assert_eq!(text("SELECT string_agg(data->>'id', ',') FROM exactly.claim_batch('q', 'done', 10, max_attempts => 2)"), Some("2,3".into()));
+    }
+
+    #[pg_test]
+    fn a_failed_row_waits_out_its_backoff() {
+        queue();
+        let claim = text("SELECT claim::text FROM exactly.claim_batch('q', 'done', 1, retry_after => '1 hour') LIMIT 1").unwrap();
+        Spi::run(&format!("SELECT exactly.fail_rows('{claim}', '[{{\"id\": 1}}]')")).unwrap();
+        assert_eq!(text("SELECT string_agg(data->>'id', ',') FROM exactly.claim_batch('q', 'done', 10)"), Some("2,3".into()));
+    }
+
+    #[pg_test]
+    fn order_by_hands_out_the_oldest_first_and_complete_finishes_the_previous_batch() {
+        queue();
+        let claim = text("SELECT claim::text FROM exactly.claim_batch('q', 'done', 2, order_by => 'made') LIMIT 1").unwrap();
+        assert_eq!(text("SELECT string_agg(k->>'id', ',') FROM exactly.claims, unnest(keys) k"), Some("3,2".into()));
+        assert_eq!(
+            text(&format!("SELECT string_agg(data->>'id', ',') FROM exactly.claim_batch('q', 'done', 2, complete => '{claim}')")),
+            Some("1".into())
+        );
+        assert_eq!(text("SELECT string_agg(id::text, ',' ORDER BY id) FROM q WHERE done IS NOT NULL"), Some("2,3".into()));
+    }
+
+    #[pg_test]
+    fn complete_rows_takes_only_the_named_rows_of_the_claim() {
+        queue();
+        let claim = text("SELECT claim::text FROM exactly.claim_batch('q', 'done', 3) LIMIT 1").unwrap();
+        let done = Spi::get_one::<i64>(&format!("SELECT exactly.complete_rows('{claim}', '[2, 7]')")).unwrap();
+        assert_eq!(done, Some(1));
+        assert_eq!(text("SELECT keys::text FROM exactly.claims"), Some(r#"{"{\"id\": 1}","{\"id\": 3}"}"#.into()));
+        Spi::run(&format!("SELECT exactly.complete_rows('{claim}', '[{{\"id\": 1}}, {{\"id\": 3, \"made\": null}}]')")).unwrap();
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM exactly.claims").unwrap(), Some(0));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM q WHERE done IS NULL").unwrap(), Some(0));
+    }
+}

@@ -142,3 +142,50 @@ pub fn positive(value: Option<Interval>, argument: &str) -> Interval {
     }
     value
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// The fence of a query that returns a grant's row or none.
+    fn fence(sql: &str) -> Option<i64> {
+        Spi::get_one::<i64>(&format!("SELECT ({sql})")).unwrap()
+    }
+
+    #[pg_test]
+    fn a_live_lease_is_granted_once_and_its_fence_grows_with_every_grant() {
+        assert_eq!(fence("SELECT fence FROM exactly.acquire_lease('a', '1 minute')"), Some(1));
+        assert_eq!(fence("SELECT fence FROM exactly.acquire_lease('a', '1 minute')"), None);
+        Spi::run("SELECT exactly.release_lease('a', token) FROM exactly.leases WHERE name = 'a'").unwrap();
+        assert_eq!(fence("SELECT fence FROM exactly.acquire_lease('a', '1 minute')"), Some(2));
+        Spi::run("SELECT exactly.check_fence('a', 2)").unwrap();
+        // another name has its own fences
+        assert_eq!(fence("SELECT fence FROM exactly.acquire_lease('b', '1 minute')"), Some(1));
+    }
+
+    #[pg_test]
+    fn an_expired_lease_is_granted_again_and_renewing_it_is_too_late() {
+        Spi::run("SELECT exactly.acquire_lease('a', '1 ms')").unwrap();
+        Spi::run("SELECT pg_sleep(0.01)").unwrap();
+        let token = Spi::get_one::<pgrx::Uuid>("SELECT token FROM exactly.leases").unwrap().unwrap();
+        assert_eq!(
+            Spi::get_one_with_args::<bool>("SELECT exactly.renew_lease('a', $1, '1 minute')", &[token.into()]).unwrap(),
+            Some(false)
+        );
+        assert_eq!(fence("SELECT fence FROM exactly.acquire_lease('a', '1 minute')"), Some(2));
+    }
+
+    #[pg_test(error = "lease \"a\" was granted again: fence 1 is stale, the newest is 2")]
+    fn a_stale_fence_is_refused() {
+        Spi::run("SELECT exactly.acquire_lease('a', '1 ms')").unwrap();
+        Spi::run("SELECT pg_sleep(0.01)").unwrap();
+        Spi::run("SELECT exactly.acquire_lease('a', '1 minute')").unwrap();
+        Spi::run("SELECT exactly.check_fence('a', 1)").unwrap();
+    }
+
+    #[pg_test(error = "ttl 00:00:00 is not positive")]
+    fn a_zero_ttl_is_refused() {
+        Spi::run("SELECT exactly.acquire_lease('a', '0 s')").unwrap();
+    }
+}

@@ -111,3 +111,31 @@ fn slot_name(name: Option<&str>) -> &str {
     non_empty(name, "name", "'sync:tenant-42'");
     name
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn taken(sql: &str) -> bool {
+        Spi::get_one::<pgrx::Uuid>(sql).unwrap().is_some()
+    }
+
+    #[pg_test]
+    fn no_more_than_slots_holders_and_an_expired_slot_is_free_again() {
+        assert!(taken("SELECT exactly.acquire_slot('s', 2, '1 minute')"));
+        assert!(taken("SELECT exactly.acquire_slot('s', 2, '1 ms')"));
+        Spi::run("SELECT pg_sleep(0.01)").unwrap();
+        assert!(taken("SELECT exactly.acquire_slot('s', 2, '1 minute')"));
+        assert!(!taken("SELECT exactly.acquire_slot('s', 2, '1 minute')"));
+        // the expired holder was forgotten; two rows remain
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM exactly.slots").unwrap(), Some(2));
+        Spi::run("SELECT exactly.release_slot('s', token) FROM exactly.slots LIMIT 1").unwrap();
+        assert!(taken("SELECT exactly.acquire_slot('s', 2, '1 minute')"));
+    }
+
+    #[pg_test(error = "slots = 0 is out of range")]
+    fn zero_slots_are_refused() {
+        Spi::run("SELECT exactly.acquire_slot('s', 0, '1 minute')").unwrap();
+    }
+}

@@ -381,6 +381,29 @@ fn assert_no_faults(faults: &Faults) {
     assert!(faults.is_empty(), "{}", report(faults));
 }
 
+/// Backends that crashed (and PANICs) in the cluster's server log so far, each with the
+/// statement it was running: a crash restarts every backend, which the other checks would
+/// only see as broken connections.
+fn server_crashes(cluster: &Cluster) -> Vec<String> {
+    let log = cluster.server_log();
+    let lines: Vec<&str> = log.lines().collect();
+    let mut crashes = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.contains("terminated by signal") || line.contains("PANIC:") || line.contains("TRAP:") {
+            let detail = lines.get(i + 1).filter(|l| l.contains("DETAIL:")).copied().unwrap_or("");
+            crashes.push(format!("{line}\n      {detail}"));
+        }
+    }
+    crashes
+}
+
+/// No backend of the test's own cluster crashed (a kill -9 the test did itself is not in
+/// the log as a crash: the postmaster dies with it).
+fn assert_no_crash(cluster: &Cluster) {
+    let crashes = server_crashes(cluster);
+    assert!(crashes.is_empty(), "the server crashed {} time(s):\n{}", crashes.len(), crashes.join("\n"));
+}
+
 // ---------------------------------------------------------------------------------------
 // the lease workload: grants, renewals, releases, fenced writes, all with their windows
 // ---------------------------------------------------------------------------------------
@@ -946,11 +969,13 @@ fn check_lease_run(logs: &[LeaseLog], client: &mut Client, exact_fences: bool) -
         }
     }
     // the writes' own record, in the order they locked the guarded row
-    let logged: Vec<i64> = raw(client, "SELECT fence FROM write_log ORDER BY id")
-        .unwrap()
-        .iter()
-        .map(|r| r[0].as_deref().unwrap().parse().unwrap())
-        .collect();
+    let logged: Vec<i64> = match raw(client, "SELECT fence FROM write_log ORDER BY id") {
+        Ok(rows) => rows.iter().map(|r| r[0].as_deref().unwrap().parse().unwrap()).collect(),
+        Err(e) => {
+            faults.push(("error", format!("reading the write log after the run: {}", describe(&e))));
+            return faults;
+        }
+    };
     if logged.len() != accepted {
         faults.push((
             "order",
@@ -1034,6 +1059,7 @@ fn sixteen_connections_on_one_lease_never_overlap_and_stale_writes_are_refused()
         "{} grants ({} stallers, {} in their transaction, {} held up by an open fenced write), {} accepted writes, {} refused, {} acquires found it held",
         stats.grants, stats.stallers, stats.tx_stallers, stats.held_up, stats.accepted, stats.refused, stats.refusals
     );
+    assert_no_crash(&cluster);
     assert_no_faults(&faults);
     assert!(stats.grants >= 15, "only {} grants in 10 s", stats.grants);
     assert!(stats.stallers >= 3, "only {} stallers", stats.stallers);
@@ -1217,6 +1243,7 @@ fn crashed_server(cluster: &Cluster, api: Api) -> Result<(), String> {
     } else {
         value(&mut holder, &api.acquire_slot_sql("crashed slot", 1, "6 seconds")).map_err(|e| describe(&e))?
     };
+    let slot_taken = us(t0);
     let mut writer = cluster.connect();
     raw(&mut writer, &format!("BEGIN; {}", api.check_fence_sql(name, fence)))
         .map_err(|e| format!("the live holder's fence check: {}", describe(&e)))?;
@@ -1238,7 +1265,10 @@ fn crashed_server(cluster: &Cluster, api: Api) -> Result<(), String> {
     let (_, next_fence, window) = poll_until_granted(&mut next, api, name, t0, a1 + ttl_us + 3_000_000)?;
     granted_at_the_ttl(name, (a0, a1), ttl_us, fence, (next_fence, window))?;
     if let Some(slot) = &slot {
-        // its ttl has run out by now
+        // by now its ttl has run out
+        if let Some(wait) = (slot_taken + ttl_us + TOL).checked_sub(us(t0)) {
+            std::thread::sleep(Duration::from_micros(wait));
+        }
         if value(&mut next, &api.acquire_slot_sql("crashed slot", 1, "10 seconds")).map_err(|e| describe(&e))?.is_none() {
             return Err(format!("the slot held through the crash was still held at {}, after its ttl", ms(us(t0))));
         }
@@ -1262,9 +1292,11 @@ fn a_killed_holders_lease_ends_at_its_ttl_and_its_fence_is_then_refused() {
         faults.push(format!("pg_terminate_backend: {e}"));
     }
     drop(admin);
+    faults.extend(server_crashes(&cluster).into_iter().map(|c| format!("before the kill -9: {c}")));
     if let Err(e) = crashed_server(&cluster, EXACTLY) {
         faults.push(format!("kill -9: {e}"));
     }
+    faults.extend(server_crashes(&cluster).into_iter().map(|c| format!("crash: {c}")));
     assert!(faults.is_empty(), "{}", faults.join("\n"));
 }
 
@@ -1447,6 +1479,7 @@ fn an_open_fenced_write_makes_the_next_grant_wait() {
     let waited = open_fenced_write_holds_up_the_next_grant(&cluster, EXACTLY, "held_up", false);
     let in_savepoint = open_fenced_write_holds_up_the_next_grant(&cluster, EXACTLY, "held_up_by_a_savepoint", true);
     let snapshot = old_snapshot_check_fails_with_40001(&cluster, EXACTLY);
+    assert_no_crash(&cluster);
     assert!(
         waited.is_ok() && in_savepoint.is_ok() && snapshot.is_ok(),
         "open write: {waited:?}\ncheck in a released savepoint: {in_savepoint:?}\nold snapshot: {snapshot:?}"
@@ -1529,6 +1562,7 @@ fn fences_have_no_gaps_after_rolled_back_and_cancelled_acquires() {
     let cluster = Cluster::start();
     prepare(&cluster);
     let result = fences_have_no_gaps(&cluster, EXACTLY);
+    assert_no_crash(&cluster);
     assert!(result.is_ok(), "{}", result.unwrap_err());
 }
 
@@ -1621,6 +1655,7 @@ fn lease_and_slot_times_are_the_clock_at_the_call_not_the_transaction_start() {
     let cluster = Cluster::start();
     prepare(&cluster);
     let faults = times_are_the_clock_at_the_call(&cluster, EXACTLY);
+    assert_no_crash(&cluster);
     assert!(faults.is_empty(), "{}", faults.join("\n"));
 }
 
@@ -1717,6 +1752,7 @@ fn calls_from_an_old_snapshot_never_grant_past_a_live_holder() {
     let cluster = Cluster::start();
     prepare(&cluster);
     let faults = old_snapshots_never_grant_past_a_live_holder(&cluster, EXACTLY);
+    assert_no_crash(&cluster);
     assert!(faults.is_empty(), "{}", faults.join("\n"));
 }
 
@@ -1842,6 +1878,7 @@ fn leases_work_across_pooled_connections_behind_pgbouncer() {
     let mut admin = prepare(&cluster);
     let bouncer = PgBouncer::start(&cluster, "transaction", 2);
     let scripted = pooled_lease(&bouncer, EXACTLY);
+    assert_no_crash(&cluster);
     assert!(scripted.is_ok(), "{}", scripted.unwrap_err());
     let run = LeaseRun::new(EXACTLY, Guard::CheckFence, "pooled_contention", 4);
     let logs = contend_for_a_lease(bouncer.config(), 6, run);
@@ -1851,6 +1888,7 @@ fn leases_work_across_pooled_connections_behind_pgbouncer() {
         "through the pool: {} grants, {} accepted writes, {} refused, {} acquires found it held",
         stats.grants, stats.accepted, stats.refused, stats.refusals
     );
+    assert_no_crash(&cluster);
     assert_no_faults(&faults);
     assert!(stats.grants >= 5 && stats.accepted >= 10, "too little happened: {} grants, {} writes", stats.grants, stats.accepted);
 }
@@ -2110,6 +2148,7 @@ fn slot_calls_are_served_in_the_order_they_arrive() {
     let cluster = Cluster::start();
     prepare(&cluster);
     let result = slot_calls_served_in_arrival_order(&cluster, EXACTLY);
+    assert_no_crash(&cluster);
     assert!(result.is_ok(), "{}", result.unwrap_err());
 }
 
@@ -2127,6 +2166,7 @@ fn sixteen_contenders_never_hold_more_than_three_slots_and_each_gets_one() {
     let refusals: usize = logs.iter().map(|l| l.refusals.len()).sum();
     let sampler = &logs[16];
     eprintln!("{grants} slots granted, {refusals} refusals, sampler: {} samples, max {}", sampler.samples, sampler.sampled_max);
+    assert_no_crash(&cluster);
     assert_no_faults(&faults);
     assert!(grants >= 40 && refusals >= 100, "too little contention: {grants} grants, {refusals} refusals");
     assert!(sampler.samples >= 500 && sampler.sampled_max == 3, "the sampler saw at most {} of 3", sampler.sampled_max);
@@ -2450,6 +2490,7 @@ fn hostile_faults(api: Api, paths: &[&str]) -> Vec<String> {
             faults.extend(hostile_calls(&cluster, api, caller, path, &n.to_string()));
         }
     }
+    faults.extend(server_crashes(&cluster).into_iter().map(|c| format!("server crash: {c}")));
     faults
 }
 
@@ -2553,6 +2594,7 @@ fn privilege_faults(api: Api) -> Vec<String> {
             faults.push(format!("a role without usage: {e}"));
         }
     }
+    faults.extend(server_crashes(&cluster).into_iter().map(|c| format!("server crash: {c}")));
     faults
 }
 
@@ -2814,6 +2856,7 @@ fn extreme_faults(api: Api) -> Vec<String> {
             faults.push(format!("{what}, as a slot: {e}"));
         }
     }
+    faults.extend(server_crashes(&cluster).into_iter().map(|c| format!("server crash: {c}")));
     faults
 }
 
