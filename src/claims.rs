@@ -269,30 +269,35 @@ fn claim_batch(
     let outer = unsafe { pg_sys::CurrentMemoryContext };
     let claimed = Spi::connect_mut(|client| {
         let relid = rel.oid();
-        let held_back = held_back_keys(client, relid, max_attempts);
+        let mut held_back = held_back_keys(client, relid, max_attempts);
         // Rows after the newest claim are held by no claim, but may be held back, and are
         // not the oldest by another column.
-        let fast_path_possible = held_back.is_empty() && order.is_none();
+        let mut full_look = !held_back.is_empty() || order.is_some() || full_look_due();
         // A round is undone (and its rows' locks let go) when some of the rows it picked went
         // to claims that committed after its first look: holding their locks to the end of
         // our transaction would make their owners' completions wait for us. The next round's
         // look sees those claims; the last round keeps what it got.
         for round in 1..=MAX_PICKS {
+            if full_look {
+                // outside the round's subtransaction: a round undone keeps what it took back
+                spi_plans::run_as_owner(client, TAKE_BACK_EXPIRED, &[OID], &[relid.into()]);
+                held_back = held_back_keys(client, relid, max_attempts);
+            }
+            let mut came_up_short = false;
             let claimed = subtransaction::attempt(|| {
-                let mut picked = None;
-                if fast_path_possible && !full_look_due() {
-                    if let Some(newest) = newest_claimed_key(client, &table, key, relid, &key_types) {
-                        let rows = pick(client, &table, key, done, order, batch, Look::After(newest), outer);
+                let picked = if full_look {
+                    let skip = claimed_keys(client, &table, key, relid, &key_types, &held_back);
+                    pick(client, &table, key, done, order, batch, Look::Everywhere(skip), outer)
+                } else {
+                    let newest = newest_claimed_key(client, &table, key, relid, &key_types);
+                    let rows = newest.map(|newest| pick(client, &table, key, done, order, batch, Look::After(newest), outer));
+                    match rows {
+                        Some(rows) if rows.len() == batch as usize => rows,
                         // little after the newest claim: look at every pending row
-                        picked = (rows.len() == batch as usize).then_some(rows);
-                    }
-                }
-                let picked = match picked {
-                    Some(rows) => rows,
-                    None => {
-                        spi_plans::run_as_owner(client, TAKE_BACK_EXPIRED, &[OID], &[relid.into()]);
-                        let skip = claimed_keys(client, &table, key, relid, &key_types, &held_back);
-                        pick(client, &table, key, done, order, batch, Look::Everywhere(skip), outer)
+                        _ => {
+                            came_up_short = true;
+                            return None;
+                        }
                     }
                 };
                 if picked.is_empty() {
@@ -341,6 +346,7 @@ fn claim_batch(
             if let Some(claimed) = claimed {
                 return claimed;
             }
+            full_look |= came_up_short;
         }
         vec![]
     });
@@ -941,9 +947,9 @@ fn take_rows(client: &mut SpiClient<'_>, claim: Uuid, keys: &Value) -> Option<Ta
     if claimed_types != key_types(&table, key) {
         return None; // the primary key changed since the claim: its rows cannot be found
     }
-    let wanted = images_of_json_keys(&table, key, keys);
-    let (taken, kept): (Vec<usize>, Vec<usize>) =
-        (0..stored.len()).partition(|&i| stored[i].as_ref().is_some_and(|image| wanted.contains(image)));
+    let taken = positions_named(&table, key, &stored, &values_of_json_keys(&table, key, keys));
+    let kept: Vec<usize> = (0..stored.len()).filter(|i| !taken.contains(i)).collect();
+    let taken: Vec<usize> = taken.into_iter().collect();
     if !taken.is_empty() {
         let changed = if kept.is_empty() {
             spi_plans::run_as_owner(client, DROP_CLAIM, &[UUID], &[claim.into()])
@@ -968,10 +974,32 @@ fn take_rows(client: &mut SpiClient<'_>, claim: Uuid, keys: &Value) -> Option<Ta
     })
 }
 
-/// The stored keys of the rows `keys` names: a JSON array of objects with the key's columns
+/// The positions (0-based, ascending) of the claim's rows whose keys equal one of `named`,
+/// compared by the key's own operator classes (so `1.10` names the row `1.1`, and a
+/// case-insensitive collation matches any case), not by stored bytes.
+fn positions_named(
+    table: &UserTable,
+    key: &UniqueKey,
+    stored: &[Option<Vec<u8>>],
+    named: &[Vec<pg_sys::Datum>],
+) -> std::collections::BTreeSet<usize> {
+    let mut rows: Vec<(Vec<pg_sys::Datum>, usize)> = stored
+        .iter()
+        .enumerate()
+        .filter_map(|(i, image)| Some((key.values_of_image(table, image.as_ref()?)?, i)))
+        .collect();
+    rows.sort_by(|a, b| compare_keys(key, &a.0, &b.0));
+    named
+        .iter()
+        .filter_map(|values| rows.binary_search_by(|row| compare_keys(key, &row.0, values)).ok())
+        .map(|found| rows[found].1)
+        .collect()
+}
+
+/// The key values of the rows `keys` names: a JSON array of objects with the key's columns
 /// (other fields ignored, so claimed rows' `data` can be passed back), or of bare values for
 /// a one-column key. Each value is read as its column's type.
-fn images_of_json_keys(table: &UserTable, key: &UniqueKey, keys: &Value) -> HashSet<Vec<u8>> {
+fn values_of_json_keys(table: &UserTable, key: &UniqueKey, keys: &Value) -> Vec<Vec<pg_sys::Datum>> {
     let Value::Array(keys) = keys else {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -981,8 +1009,7 @@ fn images_of_json_keys(table: &UserTable, key: &UniqueKey, keys: &Value) -> Hash
     };
     keys.iter()
         .map(|element| {
-            let values: Vec<pg_sys::Datum> = key
-                .parts
+            key.parts
                 .iter()
                 .map(|part| {
                     let column = table.by_attno(part.attno);
@@ -992,7 +1019,9 @@ fn images_of_json_keys(table: &UserTable, key: &UniqueKey, keys: &Value) -> Hash
                         _ => None,
                     };
                     match value {
-                        Some(value) if !value.is_null() => column.value_of_json(value).datum().expect("a non-null value").sans_lifetime(),
+                        Some(value) if !value.is_null() => {
+                            column.value_of_json(value).datum().expect("a non-null value").sans_lifetime()
+                        }
                         _ => raise(
                             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                             format!("key {element} does not give primary key column {} of {}", column.sql(), table.name),
@@ -1000,9 +1029,7 @@ fn images_of_json_keys(table: &UserTable, key: &UniqueKey, keys: &Value) -> Hash
                         ),
                     }
                 })
-                .collect();
-            // SAFETY: values of the key's columns, in index order.
-            unsafe { key.image(table, &values) }
+                .collect()
         })
         .collect()
 }

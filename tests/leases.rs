@@ -1588,19 +1588,19 @@ fn times_are_the_clock_at_the_call(cluster: &Cluster, api: Api) -> Vec<String> {
     let e = |e: postgres::Error| describe(&e);
     // 1. granted late in an old transaction
     raw(&mut old, "BEGIN; SELECT 1").unwrap();
-    sleep_ms(500);
-    let granted = acquire(&mut old, api, "clock 1", "400 milliseconds");
-    let slot = value(&mut old, &api.acquire_slot_sql("clock 1", 1, "400 milliseconds"));
+    sleep_ms(1200);
+    let granted = acquire(&mut old, api, "clock 1", "1 second");
+    let slot = value(&mut old, &api.acquire_slot_sql("clock 1", 1, "1 second"));
     raw(&mut old, "COMMIT").unwrap();
     match (granted, slot) {
         (Ok(Some(_)), Ok(Some(_))) => {
             match acquire(&mut other, api, "clock 1", "1 second") {
                 Ok(None) => {}
-                got => faults.push(format!("a lease granted with 400 ms just now, in a transaction begun 500 ms before, was granted again: {:?}", got.map_err(e))),
+                got => faults.push(format!("a lease granted for 1 s just now, in a transaction begun 1.2 s before, was granted again: {:?}", got.map_err(e))),
             }
             match value(&mut other, &api.acquire_slot_sql("clock 1", 1, "1 second")) {
                 Ok(None) => {}
-                got => faults.push(format!("a slot taken with 400 ms just now, in a transaction begun 500 ms before, was taken again: {:?}", got.map_err(e))),
+                got => faults.push(format!("a slot taken for 1 s just now, in a transaction begun 1.2 s before, was taken again: {:?}", got.map_err(e))),
             }
         }
         (granted, slot) => faults.push(format!("in an old transaction: acquire_lease {:?}, acquire_slot {:?}", granted.map_err(e), slot.map_err(e))),
@@ -1623,23 +1623,23 @@ fn times_are_the_clock_at_the_call(cluster: &Cluster, api: Api) -> Vec<String> {
     raw(&mut old, "BEGIN; SELECT 1").unwrap();
     let lease = acquire(&mut other, api, "clock 3", "1 second");
     let slot = value(&mut other, &api.acquire_slot_sql("clock 3", 1, "1 second"));
-    sleep_ms(600);
+    sleep_ms(700);
     match (lease, slot) {
         (Ok(Some((token, _))), Ok(Some(slot))) => {
-            let renewed = boolean(&mut old, &api.renew_sql("clock 3", &token, "800 milliseconds"));
-            let renewed_slot = boolean(&mut old, &api.renew_slot_sql("clock 3", &slot, "800 milliseconds"));
+            let renewed = boolean(&mut old, &api.renew_sql("clock 3", &token, "2 seconds"));
+            let renewed_slot = boolean(&mut old, &api.renew_slot_sql("clock 3", &slot, "2 seconds"));
             raw(&mut old, "COMMIT").unwrap();
             if !matches!((&renewed, &renewed_slot), (Ok(true), Ok(true))) {
                 faults.push(format!("renewals of live holders in an old transaction: {:?} {:?}", renewed.map_err(e), renewed_slot.map_err(e)));
             }
-            sleep_ms(500); // 1.1 s after the grants, 0.5 s after the renewals of 0.8 s
+            sleep_ms(1500); // 2.2 s after the transaction began, 1.5 s after the renewals of 2 s
             match acquire(&mut other, api, "clock 3", "1 second") {
                 Ok(None) => {}
-                got => faults.push(format!("a lease renewed for 800 ms 500 ms ago (in a transaction begun 1.1 s ago) was granted again: {:?}", got.map_err(e))),
+                got => faults.push(format!("a lease renewed for 2 s 1.5 s ago (in a transaction begun 2.2 s ago) was granted again: {:?}", got.map_err(e))),
             }
             match value(&mut other, &api.acquire_slot_sql("clock 3", 1, "1 second")) {
                 Ok(None) => {}
-                got => faults.push(format!("a slot renewed for 800 ms 500 ms ago (in a transaction begun 1.1 s ago) was taken again: {:?}", got.map_err(e))),
+                got => faults.push(format!("a slot renewed for 2 s 1.5 s ago (in a transaction begun 2.2 s ago) was taken again: {:?}", got.map_err(e))),
             }
         }
         (lease, slot) => {
@@ -1666,7 +1666,7 @@ fn twin_leases_timed_by_the_transaction_start_are_caught() {
     prepare(&cluster);
     let faults = times_are_the_clock_at_the_call(&cluster, NAIVE_NOW);
     eprintln!("twin:\n{}", faults.join("\n"));
-    for case in ["granted again", "taken again", "not granted in it", "not free in it", "renewed for 800 ms"] {
+    for case in ["just now, in a transaction", "not granted in it", "not free in it", "renewed for 2 s"] {
         assert!(faults.iter().any(|f| f.contains(case)), "not caught: {case}: {faults:?}");
     }
 }
@@ -1951,15 +1951,17 @@ fn slot_worker(i: usize, c: &mut Client, api: Api, name: &str, slots: i64, t0: I
                 Err(err) => log.errors.push(format!("worker {i}: renew_slot: {}", describe(&err))),
             }
         };
+        // short holds, so that each contender gets about 10 slots on average and one that
+        // got none was treated unfairly rather than unluckily
         let mode = between(&mut rng, 0, 99);
-        if mode < 55 {
+        if mode < 73 {
             g.mode = "release";
-            sleep_ms(between(&mut rng, 10, 300));
-        } else if mode < 75 {
+            sleep_ms(between(&mut rng, 5, 150));
+        } else if mode < 88 {
             g.mode = "renew";
-            sleep_ms(between(&mut rng, 10, ttl_ms / 2));
+            sleep_ms(between(&mut rng, 5, ttl_ms / 4));
             renew(c, &mut g);
-            sleep_ms(between(&mut rng, 10, 200));
+            sleep_ms(between(&mut rng, 5, 100));
         } else {
             g.mode = "expire";
             sleep_ms(ttl_ms + between(&mut rng, 20, 60));
@@ -2152,23 +2154,27 @@ fn slot_calls_are_served_in_the_order_they_arrive() {
     assert!(result.is_ok(), "{}", result.unwrap_err());
 }
 
-/// 16 contenders for 3 slots of one name for 8 s (ttl 300 ms to 1 s; hold, renew, release
-/// or let it run out), a sampler counting live rows of exactly.slots every 2 ms: never more
+/// 16 contenders for 3 slots of one name for 10 s (ttl 300 ms to 1 s; hold 5 to 150 ms and
+/// release, renew once, or let it run out), a sampler counting live rows of exactly.slots every 2 ms: never more
 /// than 3 holders (by the client-side intervals and by the sampler), NULL only when 3 can
 /// be held, renewals and releases consistent, and every contender got a slot.
 #[test]
 fn sixteen_contenders_never_hold_more_than_three_slots_and_each_gets_one() {
     let cluster = Cluster::start();
     prepare(&cluster);
-    let logs = contend_for_slots(&cluster, EXACTLY, "tenant_42_sync", 8);
+    let logs = contend_for_slots(&cluster, EXACTLY, "tenant_42_sync", 10);
     let faults = check_slot_run(&logs, 16, 3);
     let grants: usize = logs.iter().map(|l| l.grants.len()).sum();
     let refusals: usize = logs.iter().map(|l| l.refusals.len()).sum();
     let sampler = &logs[16];
-    eprintln!("{grants} slots granted, {refusals} refusals, sampler: {} samples, max {}", sampler.samples, sampler.sampled_max);
+    let per_contender: Vec<usize> = logs[..16].iter().map(|l| l.grants.len()).collect();
+    eprintln!(
+        "{grants} slots granted (per contender {per_contender:?}), {refusals} refusals, sampler: {} samples, max {}",
+        sampler.samples, sampler.sampled_max
+    );
     assert_no_crash(&cluster);
     assert_no_faults(&faults);
-    assert!(grants >= 40 && refusals >= 100, "too little contention: {grants} grants, {refusals} refusals");
+    assert!(grants >= 100 && refusals >= 100, "too little contention: {grants} grants, {refusals} refusals");
     assert!(sampler.samples >= 500 && sampler.sampled_max == 3, "the sampler saw at most {} of 3", sampler.sampled_max);
 }
 
