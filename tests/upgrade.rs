@@ -267,3 +267,58 @@ fn a_ledger_in_use_under_0_3_0_takes_transfers_and_holds_after_the_update() {
     let ok: bool = client.query_one("SELECT bool_and(ok) FROM exactly.verify_ledger()", &[]).unwrap().get(0);
     assert!(ok);
 }
+
+/// A queue in use under 0.4.0 — a live claim and a row that failed once, an application
+/// role given usage by 0.4.0's grant_usage — after the update: the claim completes by part
+/// with complete_rows, the failed row keeps its count and fails on to be given up under
+/// max_attempts, and the role takes leases and slots at once.
+#[test]
+fn a_queue_in_use_under_0_4_0_takes_leases_and_gives_up_rows_after_the_update() {
+    install_released_scripts();
+    let cluster = Cluster::start();
+    let mut client = upgraded(
+        &cluster,
+        "queue_in_use",
+        "0.4.0",
+        "CREATE ROLE app LOGIN;
+         SELECT exactly.grant_usage('app');
+         CREATE TABLE jobs (id int PRIMARY KEY, done timestamptz);
+         GRANT SELECT, UPDATE ON jobs TO app;
+         INSERT INTO jobs SELECT i, NULL FROM generate_series(1, 3) i;
+         -- as 0.4.0 wrote them (its functions run on its own library only)
+         INSERT INTO exactly.claims (claim, rel, done_column, row_keys, keys, key_types, leased_until)
+         VALUES ('00000000-0000-0000-0000-000000000001', 'jobs', 'done',
+                 ARRAY['\\x0400000001000000', '\\x0400000002000000']::bytea[],
+                 ARRAY['{\"id\": 1}', '{\"id\": 2}']::jsonb[], ARRAY['int4'::regtype::oid],
+                 now() + interval '1 hour');
+         INSERT INTO exactly.claim_attempts (rel, row_key, key, failed_attempts, last_failed_at)
+         VALUES ('jobs', '\\x0400000003000000', '{\"id\": 3}', 1, now());",
+    );
+    let mut config = cluster.config();
+    let mut app = config.dbname("queue_in_use").user("app").connect(NoTls).unwrap();
+    let done: i64 = app
+        .query_one("SELECT exactly.complete_rows('00000000-0000-0000-0000-000000000001', '[2]')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(done, 1);
+    let claimed: Vec<String> = app
+        .query("SELECT claim::text FROM exactly.claim_batch('jobs', 'done', 10, max_attempts => 2)", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(claimed.len(), 1, "row 3 only: row 1 is still in the 0.4.0 claim");
+    let failed: i64 = app
+        .query_one("SELECT exactly.fail_rows($1::text::uuid, '[3]', 'boom')", &[&claimed[0]])
+        .unwrap()
+        .get(0);
+    assert_eq!(failed, 1);
+    let row: (i32, bool) = client
+        .query_one("SELECT failed_attempts, given_up_at IS NOT NULL FROM exactly.claim_attempts", &[])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(row, (2, true), "the count kept from 0.4.0 plus this failure reaches max_attempts");
+    let fence: i64 = app.query_one("SELECT fence FROM exactly.acquire_lease('sync', '1 minute')", &[]).unwrap().get(0);
+    assert_eq!(fence, 1);
+    app.query_one("SELECT exactly.acquire_slot('sync', 1, '1 minute')", &[]).unwrap();
+}
