@@ -41,6 +41,19 @@ pub fn non_empty(value: &str, argument: &str, example: &str) {
     }
 }
 
+/// Refuse a name longer than `max` bytes: names are keys of a state table's index, and an
+/// index entry has a size limit.
+#[track_caller]
+pub fn not_too_long(value: &str, argument: &str, max: usize) {
+    if value.len() > max {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{argument} is {} bytes long; at most {max} are allowed", value.len()),
+            format!("use a shorter {argument}, e.g. a hash of the long one"),
+        );
+    }
+}
+
 /// Refuse NaN and Infinity where a number is added to something: the sum would be lost.
 #[track_caller]
 pub fn finite(value: &AnyNumeric, argument: &str) {

@@ -16,9 +16,13 @@ use pgrx::datum::Interval;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
-use crate::errors::{non_empty, raise, required};
+use crate::errors::{non_empty, not_too_long, raise, required};
 use crate::spi_plans::{self, types::*};
 use crate::xact_lock::{self, LockSpace};
+
+/// Longest name: names key exactly.leases and exactly.slots, whose index entries must fit
+/// a third of a page whatever the name (a random name does not compress).
+pub const MAX_NAME_BYTES: usize = 1000;
 
 const LIVE: &str = "SELECT 1 FROM exactly.leases l
     WHERE l.name OPERATOR(pg_catalog.=) $1 AND l.token IS NOT NULL
@@ -127,6 +131,7 @@ fn check_fence(name: Option<&str>, fence: Option<i64>) {
 fn lease_name(name: Option<&str>) -> &str {
     let name = required(name, "name");
     non_empty(name, "name", "'third_party_sync'");
+    not_too_long(name, "name", MAX_NAME_BYTES);
     name
 }
 

@@ -13,8 +13,8 @@ use pgrx::datum::Interval;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
-use crate::errors::{non_empty, raise, required};
-use crate::leases::positive;
+use crate::errors::{non_empty, not_too_long, raise, required};
+use crate::leases::{positive, MAX_NAME_BYTES};
 use crate::spi_plans::{self, types::*};
 use crate::xact_lock::{self, LockSpace};
 
@@ -109,6 +109,7 @@ fn release_slot(name: Option<&str>, token: Option<Uuid>) -> bool {
 fn slot_name(name: Option<&str>) -> &str {
     let name = required(name, "name");
     non_empty(name, "name", "'sync:tenant-42'");
+    not_too_long(name, "name", MAX_NAME_BYTES);
     name
 }
 
