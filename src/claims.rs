@@ -19,7 +19,9 @@
 //! - a claimer whose snapshot predates another claim's commit may still pick that claim's
 //!   rows once their locks are gone, so the claim is written with a second look, in a new
 //!   statement (a new snapshot, taken while we hold the rows' locks) that drops every row a
-//!   live claim holds;
+//!   claim holds (an expired claim too: another claimer may be taking it back and counting
+//!   its failures) and every row held back; a round that had to drop rows is undone, so
+//!   the locks on rows that went to other claims are let go at once;
 //! - a lease that ran out is taken back only by deleting its claim, and `complete_batch`
 //!   completes only by deleting its own claim row while its lease still runs: the two
 //!   delete the same row, so exactly one of them wins.
@@ -31,11 +33,19 @@
 //! rolls that back, holding nothing, and only then waits for the busy row's holder (or, if
 //! its transaction already holds locks of ours, fails at once with 40001).
 //!
+//! Claims as a queue: a row whose claim ended without completing it (lease ran out,
+//! release, `fail_rows`) gets a failed attempt in `exactly.claim_attempts`, judged by the
+//! failing claim's own `max_attempts` (given up) and `retry_after` (not before
+//! `retry_at`); such rows are held back from every look. `complete_rows` and `fail_rows`
+//! finish part of a claim: they lock its row, take the named rows out of it, and mark or
+//! count them.
+//!
 //! Where a claim looks: rows are handed out in key order, so the pending rows after the
 //! newest claimed key are held by no claim, and a claim looks there first. Looking at every
 //! pending row means passing every row live claims hold (16 workers x 100 rows), so it is
 //! done only when that first look comes up short and every 16th claim of a backend, which
-//! is how rows given back behind the newest claim come round again.
+//! is how rows given back behind the newest claim come round again — and always while the
+//! table has rows held back (they may lie after the newest claim) or with `order_by`.
 
 use std::cell::Cell;
 use std::cmp::Ordering;
