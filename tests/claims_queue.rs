@@ -36,6 +36,25 @@ use serde_json::Value;
 // ------------------------------------------------------------------------------------------
 // helpers
 
+/// A cluster of its own and a connection to it, on which `setup` made the test's tables.
+fn cluster_with(setup: impl FnOnce(&mut Client)) -> (Cluster, Client) {
+    let cluster = Cluster::start();
+    let mut client = cluster.connect();
+    setup(&mut client);
+    (cluster, client)
+}
+
+/// The workers' logs as one `$log`: of each named field, every worker's entries in turn.
+macro_rules! gathered {
+    ($logs:expr => $log:ident { $($field:ident),* }) => {{
+        let mut all = $log::default();
+        for l in $logs {
+            $(all.$field.extend(l.$field);)*
+        }
+        all
+    }};
+}
+
 fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -224,6 +243,47 @@ fn holding(client: &mut Client, claim: &str) -> i64 {
 
 fn count(client: &mut Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).unwrap().get(0)
+}
+
+/// The count `sql` must be `expected`; else `fault(the count)` is a fault.
+fn expect_rows(
+    client: &mut Client,
+    sql: &str,
+    expected: i64,
+    faults: &mut Vec<String>,
+    fault: impl FnOnce(i64) -> String,
+) {
+    let got = count(client, sql);
+    if got != expected {
+        faults.push(fault(got));
+    }
+}
+
+/// The call `what` must have failed with `state`: when it succeeded, `fault(its result)` is
+/// a fault, and so is another SQLSTATE.
+fn expect_refused<T>(
+    what: &str,
+    result: Result<T, postgres::Error>,
+    state: &str,
+    faults: &mut Vec<String>,
+    fault: impl FnOnce(T) -> String,
+) {
+    match result {
+        Ok(r) => faults.push(fault(r)),
+        Err(e) if code(&e) != state => faults.push(format!(
+            "{what}: {} {}, expected {state}",
+            code(&e),
+            message(&e)
+        )),
+        Err(_) => {}
+    }
+}
+
+/// The faults that mention any of `words`.
+fn mentioning<'a>(faults: &'a [String], words: &'a [&str]) -> impl Iterator<Item = &'a String> {
+    faults
+        .iter()
+        .filter(|f| words.iter().any(|w| f.contains(w)))
 }
 
 /// Runs `sql`, which must fail with a SQLSTATE other than XX000: Ok(code), or Err(what
@@ -495,6 +555,43 @@ struct JobsLog {
     faults: Vec<String>,
 }
 
+/// A worker's fail_rows of its bad rows (`bad`, bare keys or not) with `text`, accounted as
+/// `what`: the rows' fate and how they failed, (Some(text), what) when it took them; when it
+/// took nothing, `text` goes to `took_nothing` and the answer is (None, `nothing`).
+fn fail_bad_rows(
+    client: &mut Client,
+    held: &mut Held,
+    (bad, bare): (&[i64], bool),
+    (what, text, nothing): (&'static str, String, &'static str),
+    took_nothing: &mut Vec<String>,
+    faults: &mut Vec<String>,
+) -> (Option<String>, &'static str) {
+    let r = fail_rows(client, &held.claim, &keys_of(bad, bare), Some(&text));
+    match account(held, what, bad, r, faults) {
+        Some(_) => (Some(text), what),
+        None => {
+            took_nothing.push(text);
+            (None, nothing)
+        }
+    }
+}
+
+/// A worker's release_claim of all its claim still holds, accounted as `what`: how its bad
+/// rows failed, `what` when it took them, else `nothing`.
+fn release_the_rest(
+    client: &mut Client,
+    held: &mut Held,
+    (what, nothing): (&'static str, &'static str),
+    faults: &mut Vec<String>,
+) -> &'static str {
+    let rest = held.remaining();
+    let r = release_claim(client, &held.claim);
+    match account(held, what, &rest, r, faults) {
+        Some(_) => what,
+        None => nothing,
+    }
+}
+
 /// 8 workers: rows `id % 7 == 0` always fail — half the time by fail_rows, half by a
 /// release or a lease that runs out (also: fail_rows / release_claim after the lease) —
 /// the others are completed by complete_rows or complete_batch.
@@ -552,62 +649,64 @@ fn work_the_jobs(cluster: &Cluster, max_attempts: Option<i32>, run_for: Duration
                 let r = complete_rows(client, &c, &keys_of(&good, bare));
                 account(&mut held, "complete_rows", &good, r, faults);
             }
+            let took_nothing = &mut log.took_nothing;
             match mode {
-                // fail_rows, then complete_batch completes the rest
-                0 | 1 => {
-                    let r = fail_rows(client, &c, &keys_of(&bad, bare), Some(&text));
-                    match account(&mut held, "fail_rows", &bad, r, faults) {
-                        Some(_) => (fate, how) = (Some(text.clone()), "fail_rows"),
-                        None => {
-                            log.took_nothing.push(text.clone());
-                            how = "lease ran out (fail_rows took nothing)";
-                        }
-                    }
-                    let rest = held.remaining();
-                    let r = complete_batch(client, &c);
-                    account(&mut held, "complete_batch", &rest, r, faults);
-                }
-                // complete_rows, then fail_rows
-                2 | 3 => {
-                    let r = fail_rows(client, &c, &keys_of(&bad, bare), Some(&text));
-                    match account(&mut held, "fail_rows", &bad, r, faults) {
-                        Some(_) => (fate, how) = (Some(text.clone()), "fail_rows"),
-                        None => {
-                            log.took_nothing.push(text.clone());
-                            how = "lease ran out (fail_rows took nothing)";
-                        }
+                // 0 | 1: fail_rows, then complete_batch completes the rest;
+                // 2 | 3: complete_rows (above), then fail_rows
+                0..=3 => {
+                    (fate, how) = fail_bad_rows(
+                        client,
+                        &mut held,
+                        (&bad, bare),
+                        ("fail_rows", text, "lease ran out (fail_rows took nothing)"),
+                        took_nothing,
+                        faults,
+                    );
+                    if mode <= 1 {
+                        let rest = held.remaining();
+                        let r = complete_batch(client, &c);
+                        account(&mut held, "complete_batch", &rest, r, faults);
                     }
                 }
                 4 => {
-                    let rest = held.remaining();
-                    let r = release_claim(client, &c);
-                    how = match account(&mut held, "release_claim", &rest, r, faults) {
-                        Some(_) => "release_claim",
-                        None => "lease ran out (release_claim took nothing)",
-                    };
+                    how = release_the_rest(
+                        client,
+                        &mut held,
+                        (
+                            "release_claim",
+                            "lease ran out (release_claim took nothing)",
+                        ),
+                        faults,
+                    );
                 }
                 5 => how = "lease ran out", // the lease runs out
                 // too late: the lease has run out; these must take nothing
                 6 => {
                     sleep_ms(JOB_LEASE_US as u64 / 1000 + 100);
-                    let late = format!("late {w}-{n}");
-                    let r = fail_rows(client, &c, &keys_of(&bad, bare), Some(&late));
-                    match account(&mut held, "late fail_rows", &bad, r, faults) {
-                        Some(_) => (fate, how) = (Some(late), "late fail_rows"),
-                        None => {
-                            log.took_nothing.push(late);
-                            how = "lease ran out, then a late fail_rows took nothing";
-                        }
-                    }
+                    (fate, how) = fail_bad_rows(
+                        client,
+                        &mut held,
+                        (&bad, bare),
+                        (
+                            "late fail_rows",
+                            format!("late {w}-{n}"),
+                            "lease ran out, then a late fail_rows took nothing",
+                        ),
+                        took_nothing,
+                        faults,
+                    );
                 }
                 7 => {
                     sleep_ms(JOB_LEASE_US as u64 / 1000 + 100);
-                    let rest = held.remaining();
-                    let r = release_claim(client, &c);
-                    how = match account(&mut held, "late release_claim", &rest, r, faults) {
-                        Some(_) => "late release_claim",
-                        None => "lease ran out, then a late release_claim took nothing",
-                    };
+                    how = release_the_rest(
+                        client,
+                        &mut held,
+                        (
+                            "late release_claim",
+                            "lease ran out, then a late release_claim took nothing",
+                        ),
+                        faults,
+                    );
                 }
                 8 => {
                     let r = complete_batch(client, &c);
@@ -625,15 +724,7 @@ fn work_the_jobs(cluster: &Cluster, max_attempts: Option<i32>, run_for: Duration
         }
         log
     });
-    let mut all = JobsLog::default();
-    for l in logs {
-        all.holds.extend(l.holds);
-        all.deliveries.extend(l.deliveries);
-        all.fates.extend(l.fates);
-        all.took_nothing.extend(l.took_nothing);
-        all.faults.extend(l.faults);
-    }
-    all
+    gathered!(logs => JobsLog { holds, deliveries, fates, took_nothing, faults })
 }
 
 fn check_jobs(client: &mut Client, log: &JobsLog, max_attempts: i64) -> Vec<String> {
@@ -755,9 +846,7 @@ fn check_jobs(client: &mut Client, log: &JobsLog, max_attempts: i64) -> Vec<Stri
 /// max_attempts) until purge_claim_attempts forgets it.
 #[test]
 fn rows_that_keep_failing_are_given_up_after_exactly_max_attempts() {
-    let cluster = Cluster::start();
-    let mut client = cluster.connect();
-    jobs_table(&mut client);
+    let (cluster, mut client) = cluster_with(jobs_table);
     let started = Instant::now();
     let log = work_the_jobs(&cluster, Some(3), Duration::from_secs(30));
     eprintln!(
@@ -828,15 +917,10 @@ fn rows_that_keep_failing_are_given_up_after_exactly_max_attempts() {
 /// bad rows keep coming back and are never given up), so they can fail.
 #[test]
 fn twin_without_max_attempts_the_dead_letter_checks_fail() {
-    let cluster = Cluster::start();
-    let mut client = cluster.connect();
-    jobs_table(&mut client);
+    let (cluster, mut client) = cluster_with(jobs_table);
     let log = work_the_jobs(&cluster, None, Duration::from_secs(5));
     let faults = check_jobs(&mut client, &log, 3);
-    let caught = faults
-        .iter()
-        .filter(|f| f.contains("not given up") || f.contains("delivered"))
-        .count();
+    let caught = mentioning(&faults, &["not given up", "delivered"]).count();
     eprintln!(
         "twin: {} faults, e.g. {:?}",
         faults.len(),
@@ -1021,13 +1105,7 @@ fn work_with_backoff(cluster: &Cluster, retry_after: bool) -> BackoffLog {
         }
         log
     });
-    let mut all = BackoffLog::default();
-    for l in logs {
-        all.deliveries.extend(l.deliveries);
-        all.failures.extend(l.failures);
-        all.faults.extend(l.faults);
-    }
-    all
+    gathered!(logs => BackoffLog { deliveries, failures, faults })
 }
 
 /// How late (µs) retry_at may be against last_failed_at + backoff: the server may read its
@@ -1132,9 +1210,7 @@ fn check_backoff(log: &BackoffLog, server: bool, notes: &mut Vec<String>) -> Vec
 /// second late); claim_attempts' retry_at is last_failed_at + 200 ms × 2^(n−1) exactly.
 #[test]
 fn a_failed_row_waits_its_backoff_before_it_is_handed_out_again() {
-    let cluster = Cluster::start();
-    let mut client = cluster.connect();
-    backoff_table(&mut client, 24);
+    let (cluster, mut client) = cluster_with(|c| backoff_table(c, 24));
     let log = work_with_backoff(&cluster, true);
     let mut faults = log.faults.clone();
     let mut notes = Vec::new();
@@ -1173,9 +1249,7 @@ fn a_failed_row_waits_its_backoff_before_it_is_handed_out_again() {
 /// Twin: the same workload without retry_after; the client-side backoff check fails.
 #[test]
 fn twin_without_retry_after_the_backoff_check_fails() {
-    let cluster = Cluster::start();
-    let mut client = cluster.connect();
-    backoff_table(&mut client, 12);
+    let (cluster, _client) = cluster_with(|c| backoff_table(c, 12));
     let log = work_with_backoff(&cluster, false);
     let faults = check_backoff(&log, false, &mut Vec::new());
     eprintln!("twin: {} faults, e.g. {:?}", faults.len(), faults.first());
@@ -1310,6 +1384,48 @@ fn compare_batches(
     }
 }
 
+/// A copy of the table `odd`, rows and all, named `table` (SQL: quoted where it must be).
+fn copy_of_odd(client: &mut Client, table: &str) {
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (LIKE odd INCLUDING ALL); INSERT INTO {table} SELECT * FROM odd"
+        ))
+        .unwrap();
+}
+
+/// A copy of `odd` named `table`, claimed empty with order_by `col` in batches of 6, each
+/// batch compared with the next 6 of its rows by `col` (NULLs last), ties by id.
+fn drain_copy_of_odd(
+    client: &mut Client,
+    table: &str,
+    col: &str,
+    faults: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) {
+    copy_of_odd(client, table);
+    let expected: Vec<i64> = client
+        .query(
+            &format!(
+                "SELECT id::bigint FROM {table} ORDER BY {} NULLS LAST, id",
+                quote_ident(col)
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let got = drain_in_order(client, &format!("'{table}'"), col, 6);
+    compare_batches(
+        &format!("{table} by {col:?}"),
+        &got,
+        &expected,
+        6,
+        faults,
+        notes,
+    );
+}
+
 /// order_by: rows inserted out of key order come out oldest first, ties by key, NULLs last;
 /// odd column names ("t", "select", "a b", "ORDER", "data") and an odd table name work; an
 /// unknown or unorderable column is refused with a SQLSTATE (never XX000) and changes
@@ -1398,62 +1514,24 @@ fn order_by_hands_out_oldest_first_ties_by_key_nulls_last() {
     }
     let columns = ["t", "select", "a b", "ORDER", "data", "id"];
     for (i, col) in columns.iter().enumerate() {
-        let table = format!("odd_{i}");
-        client
-            .batch_execute(&format!(
-                "CREATE TABLE {table} (LIKE odd INCLUDING ALL); INSERT INTO {table} SELECT * FROM odd"
-            ))
-            .unwrap();
-        let expected: Vec<i64> = client
-            .query(
-                &format!(
-                    "SELECT id::bigint FROM {table} ORDER BY {} NULLS LAST, id",
-                    quote_ident(col)
-                ),
-                &[],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let got = drain_in_order(&mut client, &format!("'{table}'"), col, 6);
-        compare_batches(
-            &format!("{table} by {col:?}"),
-            &got,
-            &expected,
-            6,
+        drain_copy_of_odd(
+            &mut client,
+            &format!("odd_{i}"),
+            col,
             &mut faults,
             &mut notes,
         );
     }
-    client
-        .batch_execute(r#"CREATE TABLE "we""ird tbl" (LIKE odd INCLUDING ALL); INSERT INTO "we""ird tbl" SELECT * FROM odd"#)
-        .unwrap();
-    let expected: Vec<i64> = client
-        .query(
-            r#"SELECT id::bigint FROM "we""ird tbl" ORDER BY "a b" NULLS LAST, id"#,
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let got = drain_in_order(&mut client, r#"'"we""ird tbl"'"#, "a b", 6);
-    compare_batches(
-        "\"we\"\"ird tbl\" by \"a b\"",
-        &got,
-        &expected,
-        6,
+    drain_copy_of_odd(
+        &mut client,
+        r#""we""ird tbl""#,
+        "a b",
         &mut faults,
         &mut notes,
     );
 
     // refused: unknown, empty, injected, unorderable; never XX000, nothing claimed
-    client
-        .batch_execute(
-            "CREATE TABLE odd_x (LIKE odd INCLUDING ALL); INSERT INTO odd_x SELECT * FROM odd",
-        )
-        .unwrap();
+    copy_of_odd(&mut client, "odd_x");
     for bad in ["nope", "", "id; DROP TABLE odd_x", "id) --", "T", "doc"] {
         let sql =
             "SELECT * FROM exactly.claim_batch('odd_x', 'done_at', batch => 5, order_by => $1)";
@@ -1696,12 +1774,7 @@ fn race(cluster: &Cluster, schema: &'static str, run_for: Duration) -> RaceLog {
         }
         log
     });
-    let mut all = RaceLog::default();
-    for l in logs {
-        all.claims.extend(l.claims);
-        all.calls.extend(l.calls);
-        all.faults.extend(l.faults);
-    }
+    let mut all = gathered!(logs => RaceLog { claims, calls, faults });
     // drain: every racing lease has run out; one worker, long leases, no failures
     sleep_ms(200);
     let mut client = cluster.connect();
@@ -1933,9 +2006,7 @@ fn check_race(client: &mut Client, log: &RaceLog) -> Vec<String> {
 /// while another live claim held it, nor held by two live claims at once; nothing is lost.
 #[test]
 fn completions_racing_lease_expiry_mark_each_row_once_and_only_under_a_live_claim() {
-    let cluster = Cluster::start();
-    let mut client = cluster.connect();
-    race_table(&mut client, false);
+    let (cluster, mut client) = cluster_with(|c| race_table(c, false));
     let log = race(&cluster, "exactly", Duration::from_secs(8));
     let kinds = |k: Kind| log.calls.iter().filter(|c| c.kind == k).count();
     let zero = log.calls.iter().filter(|c| c.count == Some(0)).count();
@@ -1964,9 +2035,7 @@ fn completions_racing_lease_expiry_mark_each_row_once_and_only_under_a_live_clai
 /// checks catch it completing rows after the lease ran out.
 #[test]
 fn twin_a_completion_that_skips_the_lease_check_is_caught() {
-    let cluster = Cluster::start();
-    let mut client = cluster.connect();
-    race_table(&mut client, true);
+    let (cluster, mut client) = cluster_with(|c| race_table(c, true));
     client
         .batch_execute(
             r#"CREATE SCHEMA naive;
@@ -2006,14 +2075,12 @@ fn twin_a_completion_that_skips_the_lease_check_is_caught() {
         .unwrap();
     let log = race(&cluster, "naive", Duration::from_secs(4));
     let faults = check_race(&mut client, &log);
-    let caught = faults
-        .iter()
-        .filter(|f| f.contains("surely run out") || f.contains("while live claim"))
-        .count();
+    let lease_broken = ["surely run out", "while live claim"];
+    let caught = mentioning(&faults, &lease_broken).count();
     eprintln!(
         "twin: {} faults, {caught} of them completions after the lease or under another live claim, e.g. {:?}",
         faults.len(),
-        faults.iter().find(|f| f.contains("surely run out") || f.contains("while live claim"))
+        mentioning(&faults, &lease_broken).next()
     );
     assert!(
         caught > 0,
@@ -2353,15 +2420,13 @@ fn key_checks(cluster: &Cluster, faults: &mut Vec<String>, notes: &mut Vec<Strin
         1,
         faults,
     );
-    let failed = count(
+    expect_rows(
         &mut a,
         "SELECT count(*) FROM exactly.claim_attempts WHERE rel = 'ts'::regclass AND failed_attempts = 1 AND last_error = 'from B'",
+        1,
+        faults,
+        |failed| format!("ts: fail_rows from B recorded {failed} failed rows, expected 1"),
     );
-    if failed != 1 {
-        faults.push(format!(
-            "ts: fail_rows from B recorded {failed} failed rows, expected 1"
-        ));
-    }
     let (held_a, held_b) = (holding(&mut a, &ca), holding(&mut b, &cb));
     expect_count(
         "ts: complete_batch A",
@@ -2505,9 +2570,7 @@ fn drain_keyed(cluster: &Cluster, table: &'static str) -> Vec<String> {
 /// each row delivered once and marked done exactly once.
 #[test]
 fn composite_uuid_and_timestamp_keys_drain_exactly_once_under_eight_workers() {
-    let cluster = Cluster::start();
-    let mut client = cluster.connect();
-    keyed_tables(&mut client);
+    let (cluster, mut client) = cluster_with(keyed_tables);
     let mut faults = Vec::new();
     let mut notes = Vec::new();
     key_checks(&cluster, &mut faults, &mut notes);
@@ -2529,9 +2592,7 @@ fn composite_uuid_and_timestamp_keys_drain_exactly_once_under_eight_workers() {
 /// arguments documented with a NULL default accept NULL; nothing is claimed by a refused call.
 #[test]
 fn careless_arguments_are_refused_with_their_sqlstate() {
-    let cluster = Cluster::start();
-    let mut client = cluster.connect();
-    jobs_table(&mut client);
+    let (_cluster, mut client) = cluster_with(jobs_table);
     let (c, _) = claim_rows(&mut client, "jobs", 2);
     let mut faults = Vec::new();
     let cases: Vec<(String, &str)> = vec![
@@ -2554,15 +2615,13 @@ fn careless_arguments_are_refused_with_their_sqlstate() {
         (format!("SELECT exactly.fail_rows('{c}', NULL, 'x')"), "22004"),
     ];
     for (sql, expected) in &cases {
-        match client.query(sql.as_str(), &[]) {
-            Ok(_) => faults.push(format!("{sql}: succeeded, expected {expected}")),
-            Err(e) if code(&e) != *expected => faults.push(format!(
-                "{sql}: {} {}, expected {expected}",
-                code(&e),
-                message(&e)
-            )),
-            Err(_) => {}
-        }
+        expect_refused(
+            sql,
+            client.query(sql.as_str(), &[]),
+            expected,
+            &mut faults,
+            |_| format!("{sql}: succeeded, expected {expected}"),
+        );
     }
     if count(&mut client, "SELECT count(*) FROM exactly.claims") != 1 {
         faults.push("a refused call claimed rows".into());
@@ -2613,9 +2672,7 @@ fn careless_arguments_are_refused_with_their_sqlstate() {
 /// of someone else's claim (42501) and changes nothing.
 #[test]
 fn an_application_role_uses_the_queue_but_cannot_write_its_state() {
-    let cluster = Cluster::start();
-    let mut admin = cluster.connect();
-    jobs_table(&mut admin);
+    let (cluster, mut admin) = cluster_with(jobs_table);
     admin
         .batch_execute(
             "ALTER TABLE jobs ADD COLUMN created_at timestamptz;
@@ -2648,12 +2705,13 @@ fn an_application_role_uses_the_queue_but_cannot_write_its_state() {
         1,
         &mut faults,
     );
-    let given_up = count(&mut app, "SELECT count(*) FROM exactly.claim_attempts WHERE given_up_at IS NOT NULL AND last_error = 'app says no'");
-    if given_up != 1 {
-        faults.push(format!(
-            "app: the failed row is not a dead letter ({given_up})"
-        ));
-    }
+    expect_rows(
+        &mut app,
+        "SELECT count(*) FROM exactly.claim_attempts WHERE given_up_at IS NOT NULL AND last_error = 'app says no'",
+        1,
+        &mut faults,
+        |given_up| format!("app: the failed row is not a dead letter ({given_up})"),
+    );
     if holding(&mut app, &c) != 2 {
         faults.push("app: extend_claim".into());
     }
@@ -2715,44 +2773,40 @@ fn an_application_role_uses_the_queue_but_cannot_write_its_state() {
         "DELETE FROM exactly.claims",
         "INSERT INTO exactly.claims DEFAULT VALUES",
     ] {
-        match app.execute(sql, &[]) {
-            Ok(n) => faults.push(format!("app: {sql}: succeeded ({n} rows)")),
-            Err(e) if code(&e) != "42501" => faults.push(format!(
-                "app: {sql}: {} {}, expected 42501",
-                code(&e),
-                message(&e)
-            )),
-            Err(_) => {}
-        }
+        expect_refused(
+            &format!("app: {sql}"),
+            app.execute(sql, &[]),
+            "42501",
+            &mut faults,
+            |n| format!("app: {sql}: succeeded ({n} rows)"),
+        );
     }
     // a reader cannot complete someone else's claim (it may not update the table)
-    match reader.query(
-        "SELECT exactly.complete_rows($1::text::uuid, $2::text::jsonb)",
-        &[&c3, &arr(&d3)],
-    ) {
-        Ok(r) => faults.push(format!(
-            "reader: complete_rows succeeded ({:?})",
-            r.first().map(|r| r.get::<_, i64>(0))
-        )),
-        Err(e) if code(&e) != "42501" => faults.push(format!(
-            "reader: complete_rows: {} {}, expected 42501",
-            code(&e),
-            message(&e)
-        )),
-        Err(_) => {}
-    }
-    match reader.query(
-        "SELECT * FROM exactly.claim_batch('jobs', 'done_at', batch => 1)",
-        &[],
-    ) {
-        Ok(r) => faults.push(format!("reader: claim_batch succeeded ({} rows)", r.len())),
-        Err(e) if code(&e) != "42501" => faults.push(format!(
-            "reader: claim_batch: {} {}, expected 42501",
-            code(&e),
-            message(&e)
-        )),
-        Err(_) => {}
-    }
+    expect_refused(
+        "reader: complete_rows",
+        reader.query(
+            "SELECT exactly.complete_rows($1::text::uuid, $2::text::jsonb)",
+            &[&c3, &arr(&d3)],
+        ),
+        "42501",
+        &mut faults,
+        |r| {
+            format!(
+                "reader: complete_rows succeeded ({:?})",
+                r.first().map(|r| r.get::<_, i64>(0))
+            )
+        },
+    );
+    expect_refused(
+        "reader: claim_batch",
+        reader.query(
+            "SELECT * FROM exactly.claim_batch('jobs', 'done_at', batch => 1)",
+            &[],
+        ),
+        "42501",
+        &mut faults,
+        |r| format!("reader: claim_batch succeeded ({} rows)", r.len()),
+    );
     if holding(&mut app, &c3) != 2 {
         faults.push("the reader's refused calls changed app's claim".into());
     }
@@ -2762,14 +2816,14 @@ fn an_application_role_uses_the_queue_but_cannot_write_its_state() {
         2,
         &mut faults,
     );
-    let done = count(
+    expect_rows(
         &mut admin,
         "SELECT count(*) FROM jobs WHERE done_at IS NOT NULL",
+        4,
+        &mut faults,
+        |done| {
+            format!("{done} rows done, expected 4 (2 + the previous claim's 1 + complete_rows' 1)")
+        },
     );
-    if done != 4 {
-        faults.push(format!(
-            "{done} rows done, expected 4 (2 + the previous claim's 1 + complete_rows' 1)"
-        ));
-    }
     assert_no_faults(&faults);
 }

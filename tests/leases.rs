@@ -40,6 +40,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::hostile;
 use common::text::{describe, raw, Rows};
 use common::{at_once, at_once_through, Client, Cluster, NoTls, PgBouncer, XorShift};
 
@@ -2260,14 +2261,8 @@ const SHADOW_DOMAINS: &[&str] = &["text", "uuid", "int8", "int4", "timestamptz",
 const SHADOW_VIEWS: &[&str] = &["leases", "slots", "claims", "pg_locks", "pg_stat_activity"];
 
 fn hostile_script() -> String {
-    let mut sql = String::from(
-        r#"
-SET search_path = pg_catalog;
-CREATE SEQUENCE public.hostile_hits;
-GRANT USAGE, SELECT, UPDATE ON SEQUENCE public.hostile_hits TO PUBLIC;
-CREATE TABLE public.hostile_log (what text, by_user text);
-GRANT INSERT, SELECT ON public.hostile_log TO PUBLIC;
-CREATE FUNCTION public.hostile_hit(what text) RETURNS boolean LANGUAGE plpgsql
+    let mut sql = String::from(hostile::EVIDENCE);
+    sql += r#"CREATE FUNCTION public.hostile_hit(what text) RETURNS boolean LANGUAGE plpgsql
 SET search_path = pg_catalog AS $f$
 BEGIN
   PERFORM nextval('public.hostile_hits');
@@ -2282,8 +2277,7 @@ CREATE FUNCTION public.hostile_max_step(s bigint, v bigint) RETURNS bigint LANGU
 SET search_path = pg_catalog AS $f$ BEGIN PERFORM public.hostile_hit('aggregate public.max(bigint)');
   RETURN CASE WHEN s IS NULL OR v > s THEN v ELSE s END; END $f$;
 CREATE AGGREGATE public.max(bigint) (SFUNC = public.hostile_max_step, STYPE = bigint);
-"#,
-    );
+"#;
     for (name, args, ret, body) in SHADOW_FUNCTIONS {
         let params: Vec<String> = if args.is_empty() {
             vec![]
@@ -2303,36 +2297,7 @@ CREATE AGGREGATE public.max(bigint) (SFUNC = public.hostile_max_step, STYPE = bi
              GRANT SELECT ON public.{view} TO PUBLIC;\n"
         );
     }
-    let quoted = |list: &[&str]| list.iter().map(|s| lit(s)).collect::<Vec<_>>().join(", ");
-    sql += &format!(
-        r#"
-DO $do$
-DECLARE
-  ops text[] := ARRAY[{ops}];
-  types text[] := ARRAY[{types}];
-  op text; l text; r text; rt text; n int := 0;
-BEGIN
-  FOREACH op IN ARRAY ops LOOP
-    FOREACH l IN ARRAY types LOOP
-      FOREACH r IN ARRAY types LOOP
-        BEGIN
-          EXECUTE format('SELECT format_type(pg_typeof(NULL::%s OPERATOR(pg_catalog.%s) NULL::%s)::oid, NULL)', l, op, r) INTO rt;
-        EXCEPTION WHEN OTHERS THEN CONTINUE;
-        END;
-        n := n + 1;
-        EXECUTE format($x$CREATE FUNCTION public.hostile_op_%s(a %s, b %s) RETURNS %s LANGUAGE plpgsql
-          SET search_path = pg_catalog AS $b$ BEGIN PERFORM public.hostile_hit(%L); RETURN a OPERATOR(pg_catalog.%s) b; END $b$$x$,
-          n, l, r, rt, format('operator %s (%s, %s)', op, l, r), op);
-        EXECUTE format('CREATE OPERATOR public.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = public.hostile_op_%s)', op, l, r, n);
-      END LOOP;
-    END LOOP;
-  END LOOP;
-  IF n < 100 THEN RAISE EXCEPTION 'only % hostile operators', n; END IF;
-END $do$;
-"#,
-        ops = quoted(SHADOW_OPERATORS),
-        types = quoted(OPERATOR_TYPES),
-    );
+    sql += &hostile::operators_sql(SHADOW_OPERATORS, OPERATOR_TYPES, &[], 100);
     for domain in SHADOW_DOMAINS {
         sql += &format!(
             "CREATE DOMAIN public.{domain} AS pg_catalog.{domain} CHECK (public.hostile_hit('domain public.{domain}'));\n"

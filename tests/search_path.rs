@@ -26,6 +26,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::hostile;
 use common::text::{col, describe, json, one, refused, run, same};
 use common::{Client, Cluster, NoTls};
 
@@ -1196,14 +1197,8 @@ fn quote_literal(s: &str) -> String {
 
 /// Everything the hostile role creates, as one script run as `hostile`.
 fn hostile_script() -> String {
-    let mut sql = String::from(
-        r#"
-SET search_path = pg_catalog;
-CREATE SEQUENCE public.hostile_hits;
-GRANT USAGE, SELECT, UPDATE ON SEQUENCE public.hostile_hits TO PUBLIC;
-CREATE TABLE public.hostile_log (what text, by_user text);
-GRANT INSERT, SELECT ON public.hostile_log TO PUBLIC;
--- records that it ran (a sequence survives a rollback, a NOTICE reaches the client, the
+    let mut sql = String::from(hostile::EVIDENCE);
+    sql += r#"-- records that it ran (a sequence survives a rollback, a NOTICE reaches the client, the
 -- log names it) and tries to escalate with the rights of whoever runs it
 CREATE FUNCTION public.hostile_hit(what text) RETURNS boolean LANGUAGE plpgsql
 SET search_path = pg_catalog AS $f$
@@ -1222,8 +1217,7 @@ BEGIN
   EXCEPTION WHEN OTHERS THEN NULL; END;
   RETURN true;
 END $f$;
-"#,
-    );
+"#;
     let mut n = 0;
     for (name, args, ret, body) in SHADOW_FUNCTIONS {
         n += 1;
@@ -1299,49 +1293,17 @@ END $do$;
             .join(", "),
     );
     // operators: every pair pg_catalog resolves, plus prefix minus
-    sql += &format!(
-        r#"
-DO $do$
-DECLARE
-  ops text[] := ARRAY[{ops}];
-  types text[] := ARRAY[{types}];
-  op text; l text; r text; rt text; n int := 0;
-BEGIN
-  FOREACH op IN ARRAY ops LOOP
-    FOREACH l IN ARRAY types LOOP
-      FOREACH r IN ARRAY types LOOP
-        BEGIN
-          EXECUTE format('SELECT format_type(pg_typeof(NULL::%s OPERATOR(pg_catalog.%s) NULL::%s)::oid, NULL)', l, op, r) INTO rt;
-        EXCEPTION WHEN OTHERS THEN CONTINUE;
-        END;
-        n := n + 1;
-        EXECUTE format($x$CREATE FUNCTION public.hostile_op_%s(a %s, b %s) RETURNS %s LANGUAGE plpgsql
-          SET search_path = pg_catalog AS $b$ BEGIN PERFORM public.hostile_hit(%L); RETURN a OPERATOR(pg_catalog.%s) b; END $b$$x$,
-          n, l, r, rt, format('operator %s (%s, %s)', op, l, r), op);
-        EXECUTE format('CREATE OPERATOR public.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = public.hostile_op_%s)', op, l, r, n);
-      END LOOP;
-    END LOOP;
-  END LOOP;
-  FOREACH r IN ARRAY ARRAY['numeric', 'bigint', 'integer', 'interval', 'double precision'] LOOP
-    n := n + 1;
-    EXECUTE format($x$CREATE FUNCTION public.hostile_op_%s(b %s) RETURNS %s LANGUAGE plpgsql
-      SET search_path = pg_catalog AS $b$ BEGIN PERFORM public.hostile_hit(%L); RETURN OPERATOR(pg_catalog.-) b; END $b$$x$,
-      n, r, r, format('operator - (NONE, %s)', r));
-    EXECUTE format('CREATE OPERATOR public.- (RIGHTARG = %s, FUNCTION = public.hostile_op_%s)', r, n);
-  END LOOP;
-  IF n < 500 THEN RAISE EXCEPTION 'only % hostile operators', n; END IF;
-END $do$;
-"#,
-        ops = SHADOW_OPERATORS
-            .iter()
-            .map(|o| quote_literal(o))
-            .collect::<Vec<_>>()
-            .join(", "),
-        types = OPERATOR_TYPES
-            .iter()
-            .map(|t| quote_literal(t))
-            .collect::<Vec<_>>()
-            .join(", "),
+    sql += &hostile::operators_sql(
+        SHADOW_OPERATORS,
+        OPERATOR_TYPES,
+        &[
+            "numeric",
+            "bigint",
+            "integer",
+            "interval",
+            "double precision",
+        ],
+        500,
     );
     // domains last: they would shadow the types above if this script's path had public
     for domain in SHADOW_DOMAINS {

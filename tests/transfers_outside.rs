@@ -40,6 +40,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::hostile;
 use common::text::{col, describe, one, raw, run};
 use common::{wait_until_blocked, Client, Cluster, NoTls, XorShift};
 
@@ -181,14 +182,8 @@ const OPERATOR_TYPES: &[&str] = &[
 const SHADOW_DOMAINS: &[&str] = &["numeric", "text", "jsonb", "interval", "int8", "timestamptz", "bool", "int4", "varchar"];
 
 fn hostile_script() -> String {
-    let mut sql = String::from(
-        r#"
-SET search_path = pg_catalog;
-CREATE SEQUENCE public.hostile_hits;
-GRANT USAGE, SELECT, UPDATE ON SEQUENCE public.hostile_hits TO PUBLIC;
-CREATE TABLE public.hostile_log (what text, by_user text);
-GRANT INSERT, SELECT ON public.hostile_log TO PUBLIC;
-CREATE FUNCTION public.hostile_hit(what text) RETURNS boolean LANGUAGE plpgsql
+    let mut sql = String::from(hostile::EVIDENCE);
+    sql += r#"CREATE FUNCTION public.hostile_hit(what text) RETURNS boolean LANGUAGE plpgsql
 SET search_path = pg_catalog AS $f$
 BEGIN
   PERFORM nextval('public.hostile_hits');
@@ -205,8 +200,7 @@ CREATE FUNCTION public.hostile_trigger() RETURNS trigger LANGUAGE plpgsql SET se
 BEGIN PERFORM public.hostile_hit(TG_OP || ' on public.' || TG_TABLE_NAME); RETURN NULL; END $f$;
 CREATE TRIGGER hostile BEFORE INSERT OR UPDATE OR DELETE ON public.transfers FOR EACH ROW EXECUTE FUNCTION public.hostile_trigger();
 CREATE TRIGGER hostile_truncate BEFORE TRUNCATE ON public.transfers FOR EACH STATEMENT EXECUTE FUNCTION public.hostile_trigger();
-"#,
-    );
+"#;
     for view in ["holds", "accounts", "payments", "transfer_legs", "hold_events"] {
         sql += &format!(
             "CREATE VIEW public.{view} AS SELECT 1::bigint AS id, 'x'::text AS account, 'x'::text AS from_account,
@@ -238,42 +232,11 @@ CREATE FUNCTION public.hostile_max(s bigint, v bigint) RETURNS bigint LANGUAGE p
 BEGIN PERFORM public.hostile_hit('aggregate public.max(bigint)'); RETURN greatest(s, v); END $b$;
 CREATE AGGREGATE public.max(bigint) (SFUNC = public.hostile_max, STYPE = bigint);
 "#;
-    let quote = |v: &[&str]| v.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
-    sql += &format!(
-        r#"
-DO $do$
-DECLARE
-  ops text[] := ARRAY[{ops}];
-  types text[] := ARRAY[{types}];
-  op text; l text; r text; rt text; n int := 0;
-BEGIN
-  FOREACH op IN ARRAY ops LOOP
-    FOREACH l IN ARRAY types LOOP
-      FOREACH r IN ARRAY types LOOP
-        BEGIN
-          EXECUTE format('SELECT format_type(pg_typeof(NULL::%s OPERATOR(pg_catalog.%s) NULL::%s)::oid, NULL)', l, op, r) INTO rt;
-        EXCEPTION WHEN OTHERS THEN CONTINUE;
-        END;
-        n := n + 1;
-        EXECUTE format($x$CREATE FUNCTION public.hostile_op_%s(a %s, b %s) RETURNS %s LANGUAGE plpgsql
-          SET search_path = pg_catalog AS $b$ BEGIN PERFORM public.hostile_hit(%L); RETURN a OPERATOR(pg_catalog.%s) b; END $b$$x$,
-          n, l, r, rt, format('operator %s (%s, %s)', op, l, r), op);
-        EXECUTE format('CREATE OPERATOR public.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = public.hostile_op_%s)', op, l, r, n);
-      END LOOP;
-    END LOOP;
-  END LOOP;
-  FOREACH r IN ARRAY ARRAY['numeric', 'bigint', 'integer', 'interval'] LOOP
-    n := n + 1;
-    EXECUTE format($x$CREATE FUNCTION public.hostile_op_%s(b %s) RETURNS %s LANGUAGE plpgsql
-      SET search_path = pg_catalog AS $b$ BEGIN PERFORM public.hostile_hit(%L); RETURN OPERATOR(pg_catalog.-) b; END $b$$x$,
-      n, r, r, format('operator - (NONE, %s)', r));
-    EXECUTE format('CREATE OPERATOR public.- (RIGHTARG = %s, FUNCTION = public.hostile_op_%s)', r, n);
-  END LOOP;
-  IF n < 200 THEN RAISE EXCEPTION 'only % hostile operators', n; END IF;
-END $do$;
-"#,
-        ops = quote(SHADOW_OPERATORS),
-        types = quote(OPERATOR_TYPES),
+    sql += &hostile::operators_sql(
+        SHADOW_OPERATORS,
+        OPERATOR_TYPES,
+        &["numeric", "bigint", "integer", "interval"],
+        200,
     );
     for d in SHADOW_DOMAINS {
         sql += &format!(

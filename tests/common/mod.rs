@@ -13,6 +13,7 @@ pub use postgres::{Client, NoTls};
 
 pub mod crash;
 pub mod decimal;
+pub mod hostile;
 pub mod ledger_checks;
 pub mod text;
 
