@@ -64,7 +64,7 @@ use crate::leases::positive;
 use crate::spi_plans::{self, types::*};
 use crate::subtransaction;
 use crate::user_tables::{self, Column, RelArg, RowJson, UniqueKey, UserTable};
-use crate::xact_lock;
+use crate::xact_lock::{self, LockSpace};
 
 const OID: PgOid = PgOid::BuiltIn(PgBuiltInOids::OIDOID);
 const OID_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::OIDARRAYOID);
@@ -283,82 +283,94 @@ fn claim_batch(
         // Rows after the newest claim are held by no claim, but may be held back, and are
         // not the oldest by another column.
         let mut full_look = !held_back.is_empty() || order.is_some() || full_look_due();
-        // A round is undone (and its rows' locks let go) when some of the rows it picked went
-        // to claims that committed after its first look: holding their locks to the end of
-        // our transaction would make their owners' completions wait for us. The next round's
-        // look sees those claims; the last round keeps what it got.
-        for round in 1..=MAX_PICKS {
-            if full_look {
-                // outside the round's subtransaction: a round undone keeps what it took back
-                spi_plans::run_as_owner(client, TAKE_BACK_EXPIRED, &[OID], &[relid.into()]);
-                held_back = held_back_keys(client, relid, max_attempts);
-            }
-            let mut came_up_short = false;
-            let claimed = subtransaction::attempt(|| {
-                let picked = if full_look {
-                    let skip = claimed_keys(client, &table, key, relid, &key_types, &held_back);
-                    pick(client, &table, key, done, order, batch, Look::Everywhere(skip), outer)
-                } else {
-                    let newest = newest_claimed_key(client, &table, key, relid, &key_types);
-                    let rows = newest.map(|newest| pick(client, &table, key, done, order, batch, Look::After(newest), outer));
-                    match rows {
-                        Some(rows) if rows.len() == batch as usize => rows,
-                        // little after the newest claim: look at every pending row
-                        _ => {
+        // Claimers of a table pick one at a time: side by side they all start after the same
+        // newest claim, and each skips, row by row, the rows the others are locking. The
+        // queue is let go of once the claim is written, before the commit: the row locks and
+        // the second look keep claims apart, not this; its holder never waits for anything.
+        let queue = relid.to_u32().to_be_bytes();
+        xact_lock::acquire(LockSpace::ClaimPick, queue, false);
+        let claimed = (|| {
+            // A round is undone (and its rows' locks let go) when some of the rows it picked went
+            // to claims that committed after its first look: holding their locks to the end of
+            // our transaction would make their owners' completions wait for us. The next round's
+            // look sees those claims; the last round keeps what it got.
+            for round in 1..=MAX_PICKS {
+                if full_look {
+                    // outside the round's subtransaction: a round undone keeps what it took back
+                    spi_plans::run_as_owner(client, TAKE_BACK_EXPIRED, &[OID], &[relid.into()]);
+                    held_back = held_back_keys(client, relid, max_attempts);
+                }
+                let mut came_up_short = false;
+                let claimed = subtransaction::attempt(|| {
+                    let picked = if full_look {
+                        let skip = claimed_keys(client, &table, key, relid, &key_types, &held_back);
+                        pick(client, &table, key, done, order, batch, Look::Everywhere(skip), outer)
+                    } else if let Some(newest) = newest_claimed_key(client, &table, key, relid, &key_types) {
+                        let rows = pick(client, &table, key, done, order, batch, Look::After(newest), outer);
+                        if rows.len() < batch as usize {
+                            // little after the newest claim: look at every pending row
                             came_up_short = true;
                             return None;
                         }
+                        rows
+                    } else {
+                        // no claim at all (a lone worker that just completed its last one): every
+                        // pending row is free, and there is nothing to take back
+                        let nothing = key_arrays(&table, key, &[]);
+                        pick(client, &table, key, done, order, batch, Look::Everywhere(nothing), outer)
+                    };
+                    if picked.is_empty() {
+                        return Some(vec![]);
                     }
-                };
-                if picked.is_empty() {
-                    return Some(vec![]);
+                    // Our transaction now holds row locks outside pg_exactly's lock order.
+                    xact_lock::hold_rows_outside_the_order();
+                    let images: Vec<Vec<u8>> = picked.iter().map(|row| row.image.clone()).collect();
+                    let displays: Vec<pg_sys::Datum> = picked.iter().map(|row| row.display).collect();
+                    // SAFETY: jsonb datums of the pick's result, copied into the array.
+                    let displays = unsafe { array_of(&displays, pg_sys::JSONBOID) };
+                    let args = [
+                        relid.into(),
+                        done_column.into(),
+                        images.into(),
+                        // SAFETY: a jsonb[] built just above, alive for the statement.
+                        unsafe { spi_plans::arg(displays, pg_sys::JSONBARRAYOID) },
+                        key_types.clone().into(),
+                        lease.into(),
+                        max_attempts.into(),
+                        retry_after.into(),
+                    ];
+                    let written = spi_plans::run_as_owner(
+                        client,
+                        WRITE_CLAIM,
+                        &[OID, TEXT, BYTEA_ARRAY, JSONB_ARRAY, OID_ARRAY, INTERVAL, INT4, INTERVAL],
+                        &args,
+                    );
+                    if written.is_empty() {
+                        return None;
+                    }
+                    let row = written.first();
+                    let claim: Uuid = row.get(1).unwrap().unwrap();
+                    let held: HashSet<Vec<u8>> = images_of(row.get::<Array<&[u8]>>(2).unwrap().unwrap());
+                    if held.len() < picked.len() && round < MAX_PICKS {
+                        return None;
+                    }
+                    Some(
+                        picked
+                            .into_iter()
+                            .filter(|row| held.contains(&row.image))
+                            .map(|row| (claim, row.data))
+                            .collect(),
+                    )
+                });
+                if let Some(claimed) = claimed {
+                    return claimed;
                 }
-                // Our transaction now holds row locks outside pg_exactly's lock order.
-                xact_lock::hold_rows_outside_the_order();
-                let images: Vec<Vec<u8>> = picked.iter().map(|row| row.image.clone()).collect();
-                let displays: Vec<pg_sys::Datum> = picked.iter().map(|row| row.display).collect();
-                // SAFETY: jsonb datums of the pick's result, copied into the array.
-                let displays = unsafe { array_of(&displays, pg_sys::JSONBOID) };
-                let args = [
-                    relid.into(),
-                    done_column.into(),
-                    images.into(),
-                    // SAFETY: a jsonb[] built just above, alive for the statement.
-                    unsafe { spi_plans::arg(displays, pg_sys::JSONBARRAYOID) },
-                    key_types.clone().into(),
-                    lease.into(),
-                    max_attempts.into(),
-                    retry_after.into(),
-                ];
-                let written = spi_plans::run_as_owner(
-                    client,
-                    WRITE_CLAIM,
-                    &[OID, TEXT, BYTEA_ARRAY, JSONB_ARRAY, OID_ARRAY, INTERVAL, INT4, INTERVAL],
-                    &args,
-                );
-                if written.is_empty() {
-                    return None;
-                }
-                let row = written.first();
-                let claim: Uuid = row.get(1).unwrap().unwrap();
-                let held: HashSet<Vec<u8>> = images_of(row.get::<Array<&[u8]>>(2).unwrap().unwrap());
-                if held.len() < picked.len() && round < MAX_PICKS {
-                    return None;
-                }
-                Some(
-                    picked
-                        .into_iter()
-                        .filter(|row| held.contains(&row.image))
-                        .map(|row| (claim, row.data))
-                        .collect(),
-                )
-            });
-            if let Some(claimed) = claimed {
-                return claimed;
+                full_look |= came_up_short;
             }
-            full_look |= came_up_short;
-        }
-        vec![]
+            vec![]
+        })();
+        xact_lock::release(LockSpace::ClaimPick, &queue);
+        claimed
     });
     TableIterator::new(claimed)
 }

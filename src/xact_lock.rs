@@ -52,6 +52,9 @@ pub enum LockSpace {
     /// the application's named locks (`exactly.lock`): never taken through
     /// `lock_exclusive_in_order`, they wait like any lock-manager lock, deadlock-detected
     Named = 110,
+    /// one per table whose rows are claimed: claimers pick one at a time, and let go before
+    /// their commit (a queue, not a guarantee: its holder never waits for anything)
+    ClaimPick = 111,
 }
 
 thread_local! {
@@ -185,7 +188,7 @@ pub fn lock_all_in_order(space: LockSpace, names: &[&[u8]]) {
 
 /// Give back one hold of `name`'s lock in `space` (a lock this transaction held before keeps
 /// its earlier holds: the lock manager counts them).
-fn release(space: LockSpace, name: &[u8]) {
+pub fn release(space: LockSpace, name: &[u8]) {
     let tag = tag(space, name);
     // SAFETY: a well-formed tag of a lock this backend holds in this mode.
     unsafe { pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false) };
