@@ -2091,12 +2091,10 @@ fn twin_a_completion_that_skips_the_lease_check_is_caught() {
 // ------------------------------------------------------------------------------------------
 // 5. composite, uuid and timestamp/numeric keys
 
-/// Whether the server was built with ICU (nondeterministic collations need it).
+/// Whether the server was built with ICU (nondeterministic collations need it): then
+/// keyed_tables made the case-insensitive table.
 fn has_icu(client: &mut Client) -> bool {
-    client
-        .query_one("SELECT pg_catalog.count(*) > 0 FROM pg_catalog.pg_collation WHERE collprovider = 'i'", &[])
-        .unwrap()
-        .get(0)
+    client.query_one("SELECT pg_catalog.to_regclass('cit') IS NOT NULL", &[]).unwrap().get(0)
 }
 
 fn keyed_tables(client: &mut Client) {
@@ -2117,14 +2115,14 @@ fn keyed_tables(client: &mut Client) {
         .unwrap();
     // equal values with other bytes: a case-insensitive collation (where the server has ICU:
     // the PostgreSQL 17 and 18 built here have none), float8's -0
-    if has_icu(client) {
-        client
-            .batch_execute(
-                "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
-                 CREATE TABLE cit (name text COLLATE ci PRIMARY KEY, done_at timestamptz);
-                 INSERT INTO cit VALUES ('Zürich'), ('acme');",
-            )
-            .unwrap();
+    match client.batch_execute(
+        "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+         CREATE TABLE cit (name text COLLATE ci PRIMARY KEY, done_at timestamptz);
+         INSERT INTO cit VALUES ('Zürich'), ('acme');",
+    ) {
+        Ok(()) => {}
+        Err(e) if e.code().is_some_and(|c| c.code() == "0A000") => {} // "ICU is not supported in this build"
+        Err(e) => panic!("{e}"),
     }
     client
         .batch_execute(

@@ -41,6 +41,10 @@ fn naive_call(client: &mut Client, key: &str) -> Result<Found, postgres::Error> 
     {
         return Ok((row.get(0), false, row.get(1)));
     }
+    // the application's round trip between its look-up and its insert: the window the
+    // seed's race happens in (without it, one fast connection can create every key before
+    // the others look, and the twin collides only by luck)
+    std::thread::sleep(std::time::Duration::from_millis(5));
     let row = client.query_one(
         "INSERT INTO counter_caches (key) VALUES ($1) RETURNING id, key",
         &[&key],
