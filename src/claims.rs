@@ -59,8 +59,7 @@ use pgrx::spi::{SpiClient, SpiTupleTable};
 use pgrx::{JsonB, PgBuiltInOids, Uuid};
 use serde_json::Value;
 
-use crate::errors::{raise, required};
-use crate::leases::positive;
+use crate::errors::{positive, raise, required};
 use crate::spi_plans::{self, types::*};
 use crate::subtransaction;
 use crate::user_tables::{self, Column, RelArg, RowJson, UniqueKey, UserTable};

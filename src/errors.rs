@@ -1,7 +1,7 @@
 //! One way to refuse bad input: an ERROR with a SQLSTATE, a message that names the
 //! bad value, and a hint that says what to do instead.
 
-use pgrx::datum::AnyNumeric;
+use pgrx::datum::{AnyNumeric, Interval};
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -52,6 +52,19 @@ pub fn not_too_long(value: &str, argument: &str, max: usize) {
             format!("use a shorter {argument}, e.g. a hash of the long one"),
         );
     }
+}
+
+/// A required interval that must be more than zero (a ttl, a lease).
+pub fn positive(value: Option<Interval>, argument: &str) -> Interval {
+    let value = required(value, argument);
+    if value.as_micros() <= 0 {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{argument} {value} is not positive"),
+            format!("pass how long it lasts, e.g. {argument} => '30 seconds'"),
+        );
+    }
+    value
 }
 
 /// Refuse NaN and Infinity where a number is added to something: the sum would be lost.

@@ -16,7 +16,7 @@ use pgrx::datum::Interval;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
-use crate::errors::{non_empty, not_too_long, raise, required};
+use crate::errors::{non_empty, not_too_long, positive, raise, required};
 use crate::spi_plans::{self, types::*};
 use crate::xact_lock::{self, LockSpace};
 
@@ -133,19 +133,6 @@ fn lease_name(name: Option<&str>) -> &str {
     non_empty(name, "name", "'third_party_sync'");
     not_too_long(name, "name", MAX_NAME_BYTES);
     name
-}
-
-/// A required interval that must be more than zero (a ttl, a lease).
-pub fn positive(value: Option<Interval>, argument: &str) -> Interval {
-    let value = required(value, argument);
-    if value.as_micros() <= 0 {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("{argument} {value} is not positive"),
-            format!("pass how long it lasts, e.g. {argument} => '30 seconds'"),
-        );
-    }
-    value
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -13,8 +13,8 @@ use pgrx::datum::Interval;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
-use crate::errors::{non_empty, not_too_long, raise, required};
-use crate::leases::{positive, MAX_NAME_BYTES};
+use crate::errors::{non_empty, not_too_long, positive, raise, required};
+use crate::leases::MAX_NAME_BYTES;
 use crate::spi_plans::{self, types::*};
 use crate::xact_lock::{self, LockSpace};
 
