@@ -6,7 +6,7 @@
 # Each package is a release build in the Debian layout for its PostgreSQL major: the
 # library in /usr/lib/postgresql/<v>/lib, the control file and every install and upgrade
 # script in /usr/share/postgresql/<v>/extension, made with `cargo pgrx package` and
-# `dpkg-deb`. `apt install ./postgresql-15-pg-exactly_0.5.0_amd64.deb` installs it; it needs
+# `dpkg-deb`. `apt install ./postgresql-15-pg-exactly_0.6.0_amd64.deb` installs it; it needs
 # no Rust.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -14,7 +14,7 @@ if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
 source "$(dirname "${BASH_SOURCE[0]}")/postgres.sh"
 
 packages=(postgresql-15 postgresql-server-dev-15 postgresql-client-15 libclang-dev clang sudo
-          pgbouncer bison flex curl bzip2 make gcc)
+          pgbouncer postgresql-15-plproxy bison flex curl bzip2 make gcc)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -55,4 +55,10 @@ install_extension() {
     [ "${1:-}" = release ] && flags+=(--release)
     [ "$(id -u)" = 0 ] || flags+=(--sudo)
     cargo pgrx install "${flags[@]}"
+}
+
+# Installs pg_exactly_router (SQL only, the PGXS way) into Debian's PostgreSQL 15, the one
+# major Debian ships PL/Proxy for.
+install_router() {
+    "${SUDO[@]}" make -s -C "$(dirname "${BASH_SOURCE[0]}")/../router" install PG_CONFIG="$(pg_config_of 15)"
 }

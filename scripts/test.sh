@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PG_MAJORS="${PG:-15 17 18}"
 source scripts/setup.sh
+echo "== installing pg_exactly_router into PostgreSQL 15 (tests/sharded.rs)"
+install_router
 echo "== building the packages the package tests install (debug builds)"
 PROFILE=debug bash scripts/package.sh
 log=$(mktemp)

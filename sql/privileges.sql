@@ -16,6 +16,7 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA exactly TO %s', role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA exactly TO %s', role);
     EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION exactly.grant_usage(regrole) FROM %s', role);
+    EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION exactly.set_shard(int) FROM %s', role);
     EXECUTE pg_catalog.format('GRANT SELECT ON ALL TABLES IN SCHEMA exactly TO %s', role);
     -- a raffle is created by inserting its row; an account may be opened beforehand to set
     -- its limit: those columns only

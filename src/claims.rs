@@ -164,7 +164,7 @@ const TAKE_BACK_EXPIRED: &str = record_failures!(
 /// as held: handing them out now would pass the failure count it is about to record.
 const WRITE_CLAIM: &str = "INSERT INTO exactly.claims
         (claim, rel, done_column, row_keys, keys, key_types, leased_until, max_attempts, retry_after)
-    SELECT pg_catalog.gen_random_uuid(), $1, $2, pg_catalog.array_agg(p.image ORDER BY p.n),
+    SELECT exactly.new_claim_id(), $1, $2, pg_catalog.array_agg(p.image ORDER BY p.n),
            pg_catalog.array_agg(p.key ORDER BY p.n), $5,
            pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) $6, $7, $8
     FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4)) WITH ORDINALITY AS p(image, key, n)

@@ -42,6 +42,11 @@ pgrx::extension_sql_file!("../sql/tickets.sql", name = "tickets_schema");
 pgrx::extension_sql_file!("../sql/ledger.sql", name = "ledger_schema", requires = [early_release::flush_log]);
 pgrx::extension_sql_file!("../sql/claims.sql", name = "claims_schema");
 pgrx::extension_sql_file!("../sql/coordination.sql", name = "coordination_schema");
+pgrx::extension_sql_file!(
+    "../sql/shard.sql",
+    name = "shard_schema",
+    requires = ["tickets_schema", "ledger_schema", "claims_schema"]
+);
 pgrx::extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 /// Runs once when a backend loads the library.

@@ -66,6 +66,7 @@ fn the_package_installs_creates_the_extension_runs_the_examples_and_comes_off_ag
         format!("{share}pg_exactly--0.2.0--0.3.0.sql"),
         format!("{share}pg_exactly--0.3.0--0.4.0.sql"),
         format!("{share}pg_exactly--0.4.0--0.5.0.sql"),
+        format!("{share}pg_exactly--0.5.0--0.6.0.sql"),
     ];
     for file in &expected {
         assert!(contents.lines().any(|l| l.ends_with(file.as_str())), "{file} not in the package:\n{contents}");

@@ -17,7 +17,7 @@ fn install_released_scripts() {
         .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
     let out = Command::new(pg_config).arg("--sharedir").output().unwrap();
     let extension_dir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("extension");
-    for version in ["0.1.0", "0.2.0", "0.3.0", "0.4.0"] {
+    for version in ["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0"] {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join(format!("sql/released/pg_exactly--{version}.sql"));
         let copied = std::fs::copy(&script, extension_dir.join(script.file_name().unwrap())).is_ok()
@@ -113,7 +113,7 @@ fn upgrading_from_every_released_version_gives_the_same_extension_as_installing_
     install_released_scripts();
     let cluster = Cluster::start(); // database postgres: a fresh install of this version
     let mut fresh = cluster.connect();
-    for from in ["0.1.0", "0.2.0", "0.3.0", "0.4.0"] {
+    for from in ["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0"] {
         let name = format!("from_{}", from.replace('.', "_"));
         // written as the old versions wrote it (their functions run on their own library only)
         let before = "INSERT INTO exactly.accounts (account, balance, entries) VALUES ('before the upgrade', 10, 1);

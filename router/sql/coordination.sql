@@ -1,0 +1,123 @@
+
+-- Locks, leases and slots (seed 003): by name (a name `scope:rest` on the shard of scope).
+-- Leases and slots outlive transactions and are routed; lock, try_lock and check_fence act
+-- within the caller's transaction on the shard and are refused (exactly_router.refuse_transaction_scoped).
+CREATE FUNCTION exactly.lock(name text, timeout interval DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM exactly_router.refuse_transaction_scoped('lock', name);
+END $$;
+
+CREATE FUNCTION exactly.try_lock(name text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM exactly_router.refuse_transaction_scoped('try_lock', name);
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION exactly.check_fence(name text, fence bigint) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM exactly_router.refuse_transaction_scoped('check_fence', name);
+END $$;
+
+CREATE FUNCTION exactly_router.lock_status(route int, name text)
+RETURNS TABLE (pid int, granted boolean, waiting_since timestamptz, xact_start timestamptz, state text, query text)
+LANGUAGE plproxy AS $$
+    CLUSTER 'exactly'; RUN ON route;
+    SELECT l.pid, l.granted, l.waiting_since, l.xact_start, l.state, l.query FROM exactly.lock_status(name) AS l;
+$$;
+
+CREATE FUNCTION exactly.lock_status(name text)
+RETURNS TABLE (pid int, granted boolean, waiting_since timestamptz, xact_start timestamptz, state text, query text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM exactly_router.lock_status(exactly_router.route($1), $1);
+EXCEPTION WHEN internal_error THEN
+    PERFORM exactly_router.unreachable(exactly_router.route($1), SQLERRM);
+END $$;
+
+CREATE FUNCTION exactly_router.acquire_lease(route int, name text, ttl interval)
+RETURNS TABLE (token uuid, fence bigint)
+LANGUAGE plproxy AS $$
+    CLUSTER 'exactly'; RUN ON route;
+    SELECT l.token, l.fence FROM exactly.acquire_lease(name, ttl) AS l;
+$$;
+
+CREATE FUNCTION exactly.acquire_lease(name text, ttl interval) RETURNS TABLE (token uuid, fence bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM exactly_router.acquire_lease(exactly_router.route($1), $1, $2);
+EXCEPTION WHEN internal_error THEN
+    PERFORM exactly_router.unreachable(exactly_router.route($1), SQLERRM);
+END $$;
+
+CREATE FUNCTION exactly_router.renew_lease(route int, name text, token uuid, ttl interval) RETURNS boolean
+LANGUAGE plproxy AS $$
+    CLUSTER 'exactly'; RUN ON route;
+    SELECT exactly.renew_lease(name, token, ttl);
+$$;
+
+CREATE FUNCTION exactly.renew_lease(name text, token uuid, ttl interval) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN exactly_router.renew_lease(exactly_router.route(name), name, token, ttl);
+EXCEPTION WHEN internal_error THEN
+    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLERRM);
+END $$;
+
+CREATE FUNCTION exactly_router.release_lease(route int, name text, token uuid) RETURNS boolean
+LANGUAGE plproxy AS $$
+    CLUSTER 'exactly'; RUN ON route;
+    SELECT exactly.release_lease(name, token);
+$$;
+
+CREATE FUNCTION exactly.release_lease(name text, token uuid) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN exactly_router.release_lease(exactly_router.route(name), name, token);
+EXCEPTION WHEN internal_error THEN
+    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLERRM);
+END $$;
+
+CREATE FUNCTION exactly_router.acquire_slot(route int, name text, slots int, ttl interval) RETURNS uuid
+LANGUAGE plproxy AS $$
+    CLUSTER 'exactly'; RUN ON route;
+    SELECT exactly.acquire_slot(name, slots, ttl);
+$$;
+
+CREATE FUNCTION exactly.acquire_slot(name text, slots int, ttl interval) RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN exactly_router.acquire_slot(exactly_router.route(name), name, slots, ttl);
+EXCEPTION WHEN internal_error THEN
+    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLERRM);
+END $$;
+
+CREATE FUNCTION exactly_router.renew_slot(route int, name text, token uuid, ttl interval) RETURNS boolean
+LANGUAGE plproxy AS $$
+    CLUSTER 'exactly'; RUN ON route;
+    SELECT exactly.renew_slot(name, token, ttl);
+$$;
+
+CREATE FUNCTION exactly.renew_slot(name text, token uuid, ttl interval) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN exactly_router.renew_slot(exactly_router.route(name), name, token, ttl);
+EXCEPTION WHEN internal_error THEN
+    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLERRM);
+END $$;
+
+CREATE FUNCTION exactly_router.release_slot(route int, name text, token uuid) RETURNS boolean
+LANGUAGE plproxy AS $$
+    CLUSTER 'exactly'; RUN ON route;
+    SELECT exactly.release_slot(name, token);
+$$;
+
+CREATE FUNCTION exactly.release_slot(name text, token uuid) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN exactly_router.release_slot(exactly_router.route(name), name, token);
+EXCEPTION WHEN internal_error THEN
+    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLERRM);
+END $$;

@@ -1,0 +1,198 @@
+-- pg_exactly_router: the router database's side of a sharded pg_exactly (docs/router.md).
+--
+-- Every function in schema `exactly` has pg_exactly's name and arguments and runs the call
+-- on the shard that owns its key, through a PL/Proxy function in schema `exactly_router`
+-- (CLUSTER 'exactly': the SQL/MED server of that name lists the shards as p0, p1, ...).
+-- The routing value given to PL/Proxy's RUN ON is a hash; PL/Proxy takes it modulo the
+-- number of partitions (a power of two), so the router reads the cluster's size only where
+-- it must name a shard (shard_for, a refusal, an error).
+--
+-- Each routed call is a transaction of its own on its shard: PL/Proxy commits it before it
+-- returns. The wrappers in `exactly` are PL/pgSQL only to turn PL/Proxy's own errors (an
+-- unreachable shard: SQLSTATE XX000) into 08006 naming the shard; errors from pg_exactly on
+-- the shard come through with their own SQLSTATE.
+
+CREATE SCHEMA exactly_router;
+COMMENT ON SCHEMA exactly_router IS
+    'pg_exactly_router: the PL/Proxy functions behind the functions of schema exactly';
+
+-- The routing value of a key: a tenant, an account, a lock, lease or slot name. A key
+-- `scope:rest` routes as `scope`, so a tenant's accounts and names share its shard. NULL
+-- routes to shard 0, whose pg_exactly refuses it with its own error.
+CREATE FUNCTION exactly_router.route(key text) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT COALESCE(pg_catalog.hashtext(
+        CASE WHEN pg_catalog.strpos($1, ':') OPERATOR(pg_catalog.>) 1
+             THEN pg_catalog.left($1, pg_catalog.strpos($1, ':') OPERATOR(pg_catalog.-) 1)
+             ELSE $1 END), 0)
+$$;
+
+-- The routing value of a user table's row: the table's name (its last part, as PostgreSQL
+-- reads it) and the key's values in column-name order, numbers in their shortest form and
+-- strings as they are, so {"id": 1}, {"id": 1.0} and {"id": "1"} are one key.
+CREATE FUNCTION exactly_router.route_row(rel text, key jsonb) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT COALESCE(pg_catalog.hashtext(
+        (SELECT n.part FROM pg_catalog.unnest(pg_catalog.parse_ident($1)) WITH ORDINALITY AS n(part, i)
+         ORDER BY n.i DESC LIMIT 1)
+        OPERATOR(pg_catalog.||) E'\x1f' OPERATOR(pg_catalog.||)
+        CASE WHEN pg_catalog.jsonb_typeof($2) OPERATOR(pg_catalog.=) 'object' THEN
+            (SELECT pg_catalog.string_agg(
+                 e.key OPERATOR(pg_catalog.||) E'\x1e' OPERATOR(pg_catalog.||)
+                 CASE WHEN pg_catalog.jsonb_typeof(e.value) OPERATOR(pg_catalog.=) 'number'
+                      THEN pg_catalog.trim_scale(e.value::pg_catalog.text::pg_catalog.numeric)::pg_catalog.text
+                      WHEN pg_catalog.jsonb_typeof(e.value) OPERATOR(pg_catalog.=) 'string'
+                      THEN e.value OPERATOR(pg_catalog.#>>) '{}'::pg_catalog.text[]
+                      ELSE e.value::pg_catalog.text END,
+                 E'\x1f' ORDER BY e.key COLLATE "C")
+             FROM pg_catalog.jsonb_each($2) AS e)
+        ELSE $2::pg_catalog.text END), 0)
+$$;
+
+-- How many partitions the cluster has: the pN options of server `exactly`.
+CREATE FUNCTION exactly_router.partitions() RETURNS int
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n int;
+BEGIN
+    SELECT pg_catalog.count(*) INTO n
+    FROM pg_catalog.pg_foreign_server s, pg_catalog.pg_options_to_table(s.srvoptions) AS o
+    WHERE s.srvname OPERATOR(pg_catalog.=) 'exactly'
+      AND o.option_name OPERATOR(pg_catalog.~) '^p[0-9]+$';
+    IF n OPERATOR(pg_catalog.=) 0 THEN
+        RAISE EXCEPTION 'the router has no shards'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'CREATE SERVER exactly FOREIGN DATA WRAPPER plproxy OPTIONS (p0 ''dbname=...'', p1 ''...''), a power of two of them (docs/router.md)';
+    END IF;
+    RETURN n;
+END $$;
+
+-- The shard a routing value lands on, as PL/Proxy picks it.
+CREATE FUNCTION exactly_router.shard_of(route int) RETURNS int
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT $1 OPERATOR(pg_catalog.&) (exactly_router.partitions() OPERATOR(pg_catalog.-) 1)
+$$;
+
+CREATE FUNCTION exactly.shard_for(key text) RETURNS int
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT exactly_router.shard_of(exactly_router.route($1))
+$$;
+COMMENT ON FUNCTION exactly.shard_for(text) IS
+    'pg_exactly_router: the shard that owns a tenant, account or name (a key scope:rest: the shard of scope)';
+
+CREATE FUNCTION exactly.shard_for_row(rel text, key jsonb) RETURNS int
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT exactly_router.shard_of(exactly_router.route_row($1, $2))
+$$;
+COMMENT ON FUNCTION exactly.shard_for_row(text, jsonb) IS
+    'pg_exactly_router: the shard that owns the row of table rel with key (find_or_create, increment)';
+
+-- The shard an id was made on: a numbered shard's raffle and hold ids are shard * 2^48 + n,
+-- its claim ids start with the shard's number in four hex digits (pg_exactly's set_shard).
+CREATE FUNCTION exactly_router.route_id(id bigint) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT COALESCE(($1 OPERATOR(pg_catalog.>>) 48)::pg_catalog.int4, 0)
+$$;
+
+CREATE FUNCTION exactly.shard_of_claim(claim uuid) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT COALESCE(('x' OPERATOR(pg_catalog.||) pg_catalog.left($1::pg_catalog.text, 4))::pg_catalog.bit(16)::pg_catalog.int4, 0)
+$$;
+COMMENT ON FUNCTION exactly.shard_of_claim(uuid) IS
+    'pg_exactly_router: the shard a claim id was made on (its first four hex digits)';
+
+-- Called from a wrapper's handler for XX000 (PL/Proxy's own errors: a shard it could not
+-- reach or lost): raise 08006 naming the shard. XX000 that a shard raised itself passes on.
+CREATE FUNCTION exactly_router.unreachable(route int, message text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    shard int := exactly_router.shard_of(route);
+BEGIN
+    IF pg_catalog.strpos(message, '] REMOTE ') OPERATOR(pg_catalog.>) 0 THEN
+        RAISE EXCEPTION '%', message USING ERRCODE = 'internal_error';
+    END IF;
+    RAISE EXCEPTION 'shard % is unavailable', shard
+        USING ERRCODE = 'connection_failure',
+              DETAIL = message,
+              HINT = 'calls for keys of other shards go on. A call that was running when its shard went away may have committed there: retry it with its idempotency key, or look';
+END $$;
+
+-- What the cluster is: one row per partition, with what its shard says of itself.
+CREATE FUNCTION exactly_router.shard_itself(partition int)
+RETURNS TABLE (set_shard int, version text)
+LANGUAGE plproxy AS $$
+    CLUSTER 'exactly';
+    RUN ON partition;
+    SELECT (SELECT s.shard FROM exactly.this_shard s) AS set_shard,
+           (SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_exactly') AS version;
+$$;
+
+CREATE FUNCTION exactly.router_shards()
+RETURNS TABLE (shard int, connection text, reachable boolean, set_shard int, version text, ok boolean, problem text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p record;
+BEGIN
+    FOR p IN
+        SELECT pg_catalog.substr(o.option_name, 2)::pg_catalog.int4 AS n, o.option_value AS conn
+        FROM pg_catalog.pg_foreign_server s, pg_catalog.pg_options_to_table(s.srvoptions) AS o
+        WHERE s.srvname OPERATOR(pg_catalog.=) 'exactly'
+          AND o.option_name OPERATOR(pg_catalog.~) '^p[0-9]+$'
+        ORDER BY 1
+    LOOP
+        shard := p.n;
+        connection := pg_catalog.regexp_replace(p.conn, 'password\s*=\s*(''([^'']|\\'')*''|\S+)', 'password=...', 'g');
+        set_shard := NULL;
+        version := NULL;
+        problem := NULL;
+        BEGIN
+            SELECT i.set_shard, i.version INTO set_shard, version FROM exactly_router.shard_itself(p.n) AS i;
+            reachable := true;
+        EXCEPTION WHEN OTHERS THEN
+            -- an error the shard raised means it was reached (PL/Proxy marks those REMOTE)
+            reachable := pg_catalog.strpos(SQLERRM, '] REMOTE ') OPERATOR(pg_catalog.>) 0;
+            problem := SQLERRM;
+        END;
+        ok := reachable AND problem IS NULL AND set_shard IS NOT DISTINCT FROM p.n
+              AND version IS NOT NULL AND pg_catalog.string_to_array(version, '.')::pg_catalog.int4[]
+                  OPERATOR(pg_catalog.>=) '{0,6,0}'::pg_catalog.int4[];
+        problem := CASE
+            WHEN NOT reachable THEN 'unreachable: ' OPERATOR(pg_catalog.||) problem
+            WHEN problem IS NOT NULL THEN 'pg_exactly 0.6.0 or later is not installed there: ' OPERATOR(pg_catalog.||) problem
+            WHEN version IS NULL THEN 'pg_exactly is not installed in this database'
+            WHEN NOT ok AND set_shard IS NULL AND pg_catalog.string_to_array(version, '.')::pg_catalog.int4[]
+                  OPERATOR(pg_catalog.<) '{0,6,0}'::pg_catalog.int4[]
+                THEN 'pg_exactly ' OPERATOR(pg_catalog.||) version OPERATOR(pg_catalog.||) ' is too old: 0.6.0 or later numbers its ids'
+            WHEN set_shard IS NULL THEN pg_catalog.format('not numbered: run SELECT exactly.set_shard(%s) there', p.n)
+            WHEN NOT ok THEN pg_catalog.format('numbered %s, but it is partition p%s', set_shard, p.n)
+            END;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION exactly.router_shards() IS
+    'pg_exactly_router: the shards of server exactly, whether each is reachable and numbered as its partition';
+
+-- lock, try_lock and check_fence act within the caller's transaction on the shard; a routed
+-- call is a transaction of its own.
+CREATE FUNCTION exactly_router.refuse_transaction_scoped(what text, name text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION '% cannot be called through the router', what
+        USING ERRCODE = 'feature_not_supported',
+              DETAIL = pg_catalog.format('%s acts within the transaction of the work it guards; a routed call is a transaction of its own on its shard, so it would end as the call returns.', what),
+              HINT = pg_catalog.format('call exactly.%s on shard %s (SELECT exactly.shard_for(%L)) in the transaction of that work, or use a lease (exactly.acquire_lease) through the router',
+                                       what, exactly.shard_for(name), name);
+END $$;
+
+-- The same for a call that runs on every shard: PL/Proxy does not say which it missed.
+CREATE FUNCTION exactly_router.unreachable_any(message text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_catalog.strpos(message, '] REMOTE ') OPERATOR(pg_catalog.>) 0 THEN
+        RAISE EXCEPTION '%', message USING ERRCODE = 'internal_error';
+    END IF;
+    RAISE EXCEPTION 'a shard is unavailable'
+        USING ERRCODE = 'connection_failure',
+              DETAIL = message,
+              HINT = 'this call runs on every shard; exactly.router_shards() says which are reachable';
+END $$;
