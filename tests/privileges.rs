@@ -226,13 +226,13 @@ fn grant_usage_lets_an_app_role_do_everything_documented() {
         ),
     );
     faults.check(
-        "catalog: EXECUTE on every function but grant_usage (the owner's and superusers' only)",
+        "catalog: EXECUTE on every function but grant_usage and set_shard (the owner's and superusers' only)",
         same(
             "functions app cannot execute",
             col(&mut admin, "SELECT p.oid::regprocedure::text FROM pg_proc p
                  WHERE p.pronamespace = 'exactly'::regnamespace AND NOT has_function_privilege('app', p.oid, 'EXECUTE') ORDER BY 1")
             .unwrap(),
-            vec!["exactly.grant_usage(regrole)".to_string()],
+            vec!["exactly.grant_usage(regrole)".to_string(), "exactly.set_shard(integer)".to_string()],
         ),
     );
     faults.check(
