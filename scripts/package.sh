@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # bash scripts/package.sh            builds target/debian/postgresql-{15,17,18}-pg-exactly_<version>_amd64.deb
+#                                    and postgresql-15-pg-exactly-router_<version>_all.deb
 # PG=17 bash scripts/package.sh      only the package for PostgreSQL 17
 # PROFILE=debug bash scripts/package.sh   a debug build (faster to build; the tests use it)
 #
@@ -51,3 +52,29 @@ EOF
     rm -rf "$root" "$staged"
     echo "target/debian/postgresql-$major-pg-exactly_${version}_$arch.deb"
 done
+
+# The router (SQL only) for PostgreSQL 15, the major Debian ships PL/Proxy for.
+if [[ " ${PG:-15 17 18} " == *" 15 "* ]]; then
+    root="target/debian/postgresql-15-pg-exactly-router_${version}_all"
+    rm -rf "$root"
+    mkdir -p "$root/DEBIAN"
+    make -s -C router install DESTDIR="$PWD/$root" PG_CONFIG="$(pg_config_of 15)" >/dev/null
+    make -s -C router clean >/dev/null
+    cat >"$root/DEBIAN/control" <<EOF
+Package: postgresql-15-pg-exactly-router
+Version: $version
+Architecture: all
+Maintainer: pg_exactly developers <noreply@invalid>
+Depends: postgresql-15, postgresql-15-plproxy
+Section: database
+Priority: optional
+Installed-Size: $(du -sk "$root/usr" | cut -f1)
+Description: routes pg_exactly's calls to the shard that owns their key
+ pg_exactly_router is installed in a router database: every function of
+ pg_exactly runs, through PL/Proxy, on the shard database that owns its key
+ (tenant, account, raffle, name). CREATE EXTENSION pg_exactly_router CASCADE;
+EOF
+    dpkg-deb --root-owner-group --build "$root" "target/debian/" >/dev/null
+    rm -rf "$root"
+    echo "target/debian/postgresql-15-pg-exactly-router_${version}_all.deb"
+fi

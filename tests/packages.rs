@@ -108,3 +108,22 @@ fn the_package_installs_creates_the_extension_runs_the_examples_and_comes_off_ag
     }
     assert!(failures.is_empty(), "with the package installed, examples differ:\n{}", failures.join("\n"));
 }
+
+#[test]
+#[cfg(feature = "pg15")] // PL/Proxy, so the router, is packaged for PostgreSQL 15 only
+fn the_router_package_holds_the_router_extension_and_needs_plproxy() {
+    let version = env!("CARGO_PKG_VERSION");
+    let deb = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("target/debian/postgresql-15-pg-exactly-router_{version}_all.deb"));
+    assert!(deb.exists(), "{} is missing: run scripts/package.sh (scripts/test.sh does)", deb.display());
+    let deb = deb.to_str().unwrap();
+    assert_eq!(output("dpkg-deb", &["--field", deb, "Architecture"]), "all");
+    assert!(output("dpkg-deb", &["--field", deb, "Depends"]).contains("postgresql-15-plproxy"));
+    let contents = output("dpkg-deb", &["--contents", deb]);
+    for file in [
+        "./usr/share/postgresql/15/extension/pg_exactly_router.control".to_string(),
+        format!("./usr/share/postgresql/15/extension/pg_exactly_router--{version}.sql"),
+    ] {
+        assert!(contents.lines().any(|l| l.ends_with(file.as_str())), "{file} not in the package:\n{contents}");
+    }
+}
