@@ -33,16 +33,16 @@ DECLARE
 BEGIN
     RETURN QUERY SELECT * FROM exactly_router.claim_batch_all(rel, done_column, batch, lease, max_attempts,
         retry_after, order_by, complete);
-EXCEPTION WHEN internal_error THEN
-    IF pg_catalog.strpos(SQLERRM, '] REMOTE ') OPERATOR(pg_catalog.>) 0 THEN
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    IF NOT exactly_router.shard_lost(SQLSTATE, SQLERRM) THEN
         RAISE;
     END IF;
     FOR shard IN 0 .. exactly_router.partitions() OPERATOR(pg_catalog.-) 1 LOOP
         BEGIN
             RETURN QUERY SELECT * FROM exactly_router.claim_batch_on(shard, rel, done_column, batch, lease,
                 max_attempts, retry_after, order_by, complete);
-        EXCEPTION WHEN internal_error THEN
-            IF pg_catalog.strpos(SQLERRM, '] REMOTE ') OPERATOR(pg_catalog.>) 0 THEN
+        EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+            IF NOT exactly_router.shard_lost(SQLSTATE, SQLERRM) THEN
                 RAISE;
             END IF;
             RAISE WARNING 'shard % is unavailable: claimed from the others', shard
@@ -61,8 +61,8 @@ CREATE FUNCTION exactly.complete_batch(claim uuid) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN exactly_router.complete_batch(exactly.shard_of_claim(claim), claim);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly.shard_of_claim(claim), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly.shard_of_claim(claim), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.extend_claim(route int, claim uuid, lease interval) RETURNS bigint
@@ -75,8 +75,8 @@ CREATE FUNCTION exactly.extend_claim(claim uuid, lease interval DEFAULT '5 minut
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN exactly_router.extend_claim(exactly.shard_of_claim(claim), claim, lease);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly.shard_of_claim(claim), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly.shard_of_claim(claim), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.release_claim(route int, claim uuid) RETURNS bigint
@@ -89,8 +89,8 @@ CREATE FUNCTION exactly.release_claim(claim uuid) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN exactly_router.release_claim(exactly.shard_of_claim(claim), claim);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly.shard_of_claim(claim), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly.shard_of_claim(claim), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.complete_rows(route int, claim uuid, keys jsonb) RETURNS bigint
@@ -103,8 +103,8 @@ CREATE FUNCTION exactly.complete_rows(claim uuid, keys jsonb) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN exactly_router.complete_rows(exactly.shard_of_claim(claim), claim, keys);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly.shard_of_claim(claim), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly.shard_of_claim(claim), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.fail_rows(route int, claim uuid, keys jsonb, error text) RETURNS bigint
@@ -117,8 +117,8 @@ CREATE FUNCTION exactly.fail_rows(claim uuid, keys jsonb, error text DEFAULT NUL
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN exactly_router.fail_rows(exactly.shard_of_claim(claim), claim, keys, error);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly.shard_of_claim(claim), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly.shard_of_claim(claim), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.purge_claim_attempts(older_than interval) RETURNS SETOF bigint
@@ -131,6 +131,6 @@ CREATE FUNCTION exactly.purge_claim_attempts(older_than interval) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN (SELECT pg_catalog.sum(p)::pg_catalog.int8 FROM exactly_router.purge_claim_attempts(older_than) AS p);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable_any(SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable_any(SQLSTATE, SQLERRM);
 END $$;

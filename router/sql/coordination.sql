@@ -33,8 +33,8 @@ RETURNS TABLE (pid int, granted boolean, waiting_since timestamptz, xact_start t
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY SELECT * FROM exactly_router.lock_status(exactly_router.route($1), $1);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route($1), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route($1), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.acquire_lease(route int, name text, ttl interval)
@@ -48,8 +48,8 @@ CREATE FUNCTION exactly.acquire_lease(name text, ttl interval) RETURNS TABLE (to
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY SELECT * FROM exactly_router.acquire_lease(exactly_router.route($1), $1, $2);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route($1), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route($1), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.renew_lease(route int, name text, token uuid, ttl interval) RETURNS boolean
@@ -62,8 +62,8 @@ CREATE FUNCTION exactly.renew_lease(name text, token uuid, ttl interval) RETURNS
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN exactly_router.renew_lease(exactly_router.route(name), name, token, ttl);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.release_lease(route int, name text, token uuid) RETURNS boolean
@@ -76,8 +76,8 @@ CREATE FUNCTION exactly.release_lease(name text, token uuid) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN exactly_router.release_lease(exactly_router.route(name), name, token);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.acquire_slot(route int, name text, slots int, ttl interval) RETURNS uuid
@@ -90,8 +90,8 @@ CREATE FUNCTION exactly.acquire_slot(name text, slots int, ttl interval) RETURNS
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN exactly_router.acquire_slot(exactly_router.route(name), name, slots, ttl);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.renew_slot(route int, name text, token uuid, ttl interval) RETURNS boolean
@@ -104,8 +104,8 @@ CREATE FUNCTION exactly.renew_slot(name text, token uuid, ttl interval) RETURNS 
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN exactly_router.renew_slot(exactly_router.route(name), name, token, ttl);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.release_slot(route int, name text, token uuid) RETURNS boolean
@@ -118,6 +118,6 @@ CREATE FUNCTION exactly.release_slot(name text, token uuid) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN exactly_router.release_slot(exactly_router.route(name), name, token);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLSTATE, SQLERRM);
 END $$;

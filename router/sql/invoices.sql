@@ -15,8 +15,8 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM exactly_router.define_invoice_sequence(exactly_router.route(tenant), tenant, prefix, width,
         format, reset, fiscal_year_start);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(tenant), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route(tenant), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.next_invoice_number(route int, tenant text, on_date date) RETURNS text
@@ -29,8 +29,8 @@ CREATE FUNCTION exactly.next_invoice_number(tenant text, on_date date DEFAULT NU
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN exactly_router.next_invoice_number(exactly_router.route(tenant), tenant, on_date);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(tenant), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route(tenant), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.next_invoice_numbers(route int, tenant text, n int, on_date date) RETURNS SETOF text
@@ -43,8 +43,8 @@ CREATE FUNCTION exactly.next_invoice_numbers(tenant text, n int, on_date date DE
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY SELECT * FROM exactly_router.next_invoice_numbers(exactly_router.route(tenant), tenant, n, on_date);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(tenant), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route(tenant), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.set_next_invoice_number(route int, tenant text, next_value bigint, on_date date) RETURNS void
@@ -57,6 +57,6 @@ CREATE FUNCTION exactly.set_next_invoice_number(tenant text, next_value bigint, 
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM exactly_router.set_next_invoice_number(exactly_router.route(tenant), tenant, next_value, on_date);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(tenant), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route(tenant), SQLSTATE, SQLERRM);
 END $$;

@@ -48,8 +48,8 @@ RETURNS exactly.payments
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN exactly_router.append_payment(exactly_router.route(account), account, amount, idempotency_key);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(account), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route(account), SQLSTATE, SQLERRM);
 END $$;
 
 -- the seed's single ledger: pg_exactly's default account, 'default'
@@ -57,8 +57,8 @@ CREATE FUNCTION exactly.append_payment(amount numeric) RETURNS exactly.payments
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN exactly_router.append_payment(exactly_router.route('default'), 'default', amount, NULL);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route('default'), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route('default'), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.append_payments(route int, account text, amounts numeric[])
@@ -73,8 +73,8 @@ CREATE FUNCTION exactly.append_payments(account text, amounts numeric[]) RETURNS
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY SELECT * FROM exactly_router.append_payments(exactly_router.route(account), account, amounts);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(account), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route(account), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.balance_at(route int, account text, at timestamptz) RETURNS numeric
@@ -87,8 +87,8 @@ CREATE FUNCTION exactly.balance_at(account text, at timestamptz) RETURNS numeric
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN exactly_router.balance_at(exactly_router.route(account), account, at);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(account), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route(account), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.verify_ledger(route int, account text)
@@ -116,11 +116,11 @@ BEGIN
     ELSE
         RETURN QUERY SELECT * FROM exactly_router.verify_ledger(exactly_router.route(one), one);
     END IF;
-EXCEPTION WHEN internal_error THEN
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
     IF one IS NULL THEN
-        PERFORM exactly_router.unreachable_any(SQLERRM);
+        PERFORM exactly_router.unreachable_any(SQLSTATE, SQLERRM);
     END IF;
-    PERFORM exactly_router.unreachable(exactly_router.route(one), SQLERRM);
+    PERFORM exactly_router.unreachable(exactly_router.route(one), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly.verify_ledger(account text DEFAULT NULL)
@@ -145,8 +145,8 @@ DECLARE
     route int := exactly_router.route_pair(from_account, to_account);
 BEGIN
     RETURN exactly_router.transfer(route, from_account, to_account, amount, idempotency_key, metadata, event_at);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(route, SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(route, SQLSTATE, SQLERRM);
 END $$;
 
 -- The routing value of a multi-leg transfer: every leg's accounts on one shard, or refused.
@@ -185,8 +185,8 @@ DECLARE
     route int := exactly_router.route_legs(legs);
 BEGIN
     RETURN QUERY SELECT * FROM exactly_router.transfers(route, legs, idempotency_key, metadata, event_at);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(route, SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(route, SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.hold(route int, from_account text, to_account text, amount numeric,
@@ -214,8 +214,8 @@ BEGIN
                   HINT = 'number every shard as its partition with exactly.set_shard; exactly.router_shards() lists them';
     END IF;
     RETURN made;
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(route, SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(route, SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.post_hold(route int, hold bigint, amount numeric) RETURNS exactly.transfers
@@ -229,8 +229,8 @@ CREATE FUNCTION exactly.post_hold(hold bigint, amount numeric DEFAULT NULL) RETU
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN exactly_router.post_hold(exactly_router.route_id(hold), hold, amount);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route_id(hold), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route_id(hold), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.void_hold(route int, hold bigint) RETURNS exactly.holds
@@ -245,8 +245,8 @@ CREATE FUNCTION exactly.void_hold(hold bigint) RETURNS exactly.holds
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN exactly_router.void_hold(exactly_router.route_id(hold), hold);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route_id(hold), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route_id(hold), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.expire_holds() RETURNS SETOF bigint
@@ -259,6 +259,6 @@ CREATE FUNCTION exactly.expire_holds() RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN (SELECT pg_catalog.sum(e)::pg_catalog.int8 FROM exactly_router.expire_holds() AS e);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable_any(SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable_any(SQLSTATE, SQLERRM);
 END $$;

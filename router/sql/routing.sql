@@ -101,17 +101,21 @@ $$;
 COMMENT ON FUNCTION exactly.shard_of_claim(uuid) IS
     'pg_exactly_router: the shard a claim id was made on (its first four hex digits)';
 
--- Called from a wrapper's handler for XX000 (PL/Proxy's own errors: a shard it could not
--- reach or lost): raise 08006 naming the shard. XX000 that a shard raised itself passes on.
-CREATE FUNCTION exactly_router.unreachable(route int, message text) RETURNS void
+-- Called from a wrapper's handler for PL/Proxy's own errors (XX000: a shard it could not
+-- reach or lost) and for a shard shutting down under the call (57P01, 57P02, 57P03): raise
+-- 08006 naming the shard. An XX000 that the shard raised itself passes on as it was.
+CREATE FUNCTION exactly_router.shard_lost(state text, message text) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT $1 OPERATOR(pg_catalog.<>) 'XX000' OR pg_catalog.strpos($2, '] REMOTE ') OPERATOR(pg_catalog.=) 0
+$$;
+
+CREATE FUNCTION exactly_router.unreachable(route int, state text, message text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    shard int := exactly_router.shard_of(route);
 BEGIN
-    IF pg_catalog.strpos(message, '] REMOTE ') OPERATOR(pg_catalog.>) 0 THEN
+    IF NOT exactly_router.shard_lost(state, message) THEN
         RAISE EXCEPTION '%', message USING ERRCODE = 'internal_error';
     END IF;
-    RAISE EXCEPTION 'shard % is unavailable', shard
+    RAISE EXCEPTION 'shard % is unavailable', exactly_router.shard_of(route)
         USING ERRCODE = 'connection_failure',
               DETAIL = message,
               HINT = 'calls for keys of other shards go on. A call that was running when its shard went away may have committed there: retry it with its idempotency key, or look';
@@ -185,10 +189,10 @@ BEGIN
 END $$;
 
 -- The same for a call that runs on every shard: PL/Proxy does not say which it missed.
-CREATE FUNCTION exactly_router.unreachable_any(message text) RETURNS void
+CREATE FUNCTION exactly_router.unreachable_any(state text, message text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF pg_catalog.strpos(message, '] REMOTE ') OPERATOR(pg_catalog.>) 0 THEN
+    IF NOT exactly_router.shard_lost(state, message) THEN
         RAISE EXCEPTION '%', message USING ERRCODE = 'internal_error';
     END IF;
     RAISE EXCEPTION 'a shard is unavailable'

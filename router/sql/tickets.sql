@@ -20,8 +20,8 @@ BEGIN
                   HINT = pg_catalog.format('number every shard as its partition: SELECT exactly.set_shard(%s) on p%s; exactly.router_shards() lists them', shard, shard);
     END IF;
     RETURN id;
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(shard, SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(shard, SQLSTATE, SQLERRM);
 END $$;
 COMMENT ON FUNCTION exactly.create_raffle(bigint, int) IS
     'pg_exactly_router: create a raffle on a shard picked at random; its id carries the shard';
@@ -36,8 +36,8 @@ CREATE FUNCTION exactly.batch_create_tickets(raffle bigint, n int, batch_key tex
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN exactly_router.batch_create_tickets(exactly_router.route_id(raffle), raffle, n, batch_key);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(exactly_router.route_id(raffle), SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(exactly_router.route_id(raffle), SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.purge_ticket_batches(older_than interval) RETURNS SETOF bigint
@@ -50,6 +50,6 @@ CREATE FUNCTION exactly.purge_ticket_batches(older_than interval) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN (SELECT pg_catalog.sum(p)::pg_catalog.int8 FROM exactly_router.purge_ticket_batches(older_than) AS p);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable_any(SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable_any(SQLSTATE, SQLERRM);
 END $$;

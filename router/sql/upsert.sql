@@ -15,8 +15,8 @@ DECLARE
     route int := exactly_router.route_row(rel, key);
 BEGIN
     RETURN QUERY SELECT * FROM exactly_router.find_or_create(route, rel, key, defaults);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(route, SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(route, SQLSTATE, SQLERRM);
 END $$;
 
 CREATE FUNCTION exactly_router.increment(route int, rel text, key jsonb, col text, by numeric) RETURNS numeric
@@ -31,6 +31,6 @@ DECLARE
     route int := exactly_router.route_row(rel, key);
 BEGIN
     RETURN exactly_router.increment(route, rel, key, col, by);
-EXCEPTION WHEN internal_error THEN
-    PERFORM exactly_router.unreachable(route, SQLERRM);
+EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM exactly_router.unreachable(route, SQLSTATE, SQLERRM);
 END $$;
