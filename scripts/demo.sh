@@ -111,6 +111,21 @@ pgbench -n -c 8 -j 2 -T 3 -f demo/lease.pgbench lease >/dev/null
 psql_quiet -d lease -f demo/lease_proof.sql
 psql_quiet -d lease -c "SELECT fence AS grants FROM exactly.leases"
 
+if [ "${PG_MAJORS%% *}" = 15 ]; then
+    echo
+    echo "== past one server: seed 004 and seed 001 for 16 tenants on four shard databases behind"
+    echo "   a router (pg_exactly_router, PL/Proxy), 16 connections x 50 jobs (pgbench) on the router"
+    install_router
+    for k in 0 1 2 3; do
+        psql_quiet -c "CREATE DATABASE shard$k"
+        psql_quiet -d "shard$k" -c "CREATE EXTENSION pg_exactly" -c "SELECT exactly.set_shard($k)" >/dev/null
+    done
+    psql_quiet -c "CREATE DATABASE router"
+    psql_quiet -d router -v host="$PGHOST" -v port="$PGPORT" -f demo/router_setup.sql
+    pgbench -n -c 16 -j 2 -t 50 -f demo/router_transfers.pgbench router >/dev/null
+    psql_quiet -d router -f demo/router_proof.sql
+fi
+
 if [ "${KEEP_CLUSTER:-}" = 1 ]; then
     echo "The cluster is still running. Connect with:"
     echo "    $CLUSTER_BIN/psql -h $CLUSTER_DIR -U postgres exactly"
