@@ -15,6 +15,7 @@ pub mod crash;
 pub mod decimal;
 pub mod hostile;
 pub mod ledger_checks;
+pub mod shards;
 pub mod text;
 
 /// Panics, listing them with their count, unless `faults` is empty.
