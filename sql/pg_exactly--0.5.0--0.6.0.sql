@@ -64,6 +64,28 @@ END $$;
 COMMENT ON FUNCTION exactly.set_shard(int) IS
     'pg_exactly: number this database as shard N of a router (once, before use); its raffle, hold and claim ids carry N';
 
+-- `value`, once this database is shard `shard`; else 55000. A router wraps the first
+-- argument of every call it routes in it, so a call sent to the wrong database (partitions
+-- listed in another order than the shards were numbered) changes nothing there.
+CREATE FUNCTION exactly.on_shard(shard int, value anyelement) RETURNS anyelement
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    numbered int;
+BEGIN
+    SELECT s.shard INTO numbered FROM exactly.this_shard s;
+    IF numbered IS NULL OR numbered OPERATOR(pg_catalog.<>) shard THEN
+        RAISE EXCEPTION 'this database is %, not shard %',
+                COALESCE('shard ' OPERATOR(pg_catalog.||) numbered, 'not numbered as a shard'), shard
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = CASE WHEN numbered IS NULL
+                    THEN pg_catalog.format('number it: SELECT exactly.set_shard(%s), if it is the router''s partition p%s', shard, shard)
+                    ELSE 'the router lists its partitions in another order than its shards were numbered: compare exactly.router_shards() there' END;
+    END IF;
+    RETURN value;
+END $$;
+COMMENT ON FUNCTION exactly.on_shard(int, anyelement) IS
+    'pg_exactly: value, once this database is shard N (exactly.set_shard); else 55000. For routers';
+
 -- A new claim id: random, with this shard's number in its first four hex digits.
 CREATE FUNCTION exactly.new_claim_id() RETURNS uuid
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$

@@ -12,13 +12,13 @@ LANGUAGE plproxy AS $$
     FROM exactly.claim_batch(rel::pg_catalog.regclass, done_column, batch, lease, max_attempts, retry_after, order_by, complete) AS c;
 $$;
 
-CREATE FUNCTION exactly_router.claim_batch_on(route int, rel text, done_column text, batch int, lease interval,
+CREATE FUNCTION exactly_router.claim_batch_on(shard int, rel text, done_column text, batch int, lease interval,
     max_attempts int, retry_after interval, order_by text, complete uuid)
 RETURNS TABLE (claim uuid, data jsonb)
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
+    CLUSTER 'exactly'; RUN ON shard;
     SELECT c.claim, c.data
-    FROM exactly.claim_batch(rel::pg_catalog.regclass, done_column, batch, lease, max_attempts, retry_after, order_by, complete) AS c;
+    FROM exactly.claim_batch(exactly.on_shard(shard, rel)::pg_catalog.regclass, done_column, batch, lease, max_attempts, retry_after, order_by, complete) AS c;
 $$;
 
 -- All shards at once; when one cannot be reached, one at a time, skipping it with a
@@ -30,20 +30,24 @@ RETURNS TABLE (claim uuid, data jsonb)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     shard int;
+    error_detail text;
+    error_hint text;
 BEGIN
     RETURN QUERY SELECT * FROM exactly_router.claim_batch_all(rel, done_column, batch, lease, max_attempts,
         retry_after, order_by, complete);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+EXCEPTION WHEN OTHERS THEN
     IF NOT exactly_router.shard_lost(SQLSTATE, SQLERRM) THEN
-        RAISE;
+        GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+        PERFORM exactly_router.failed(NULL, SQLSTATE, SQLERRM, error_detail, error_hint);
     END IF;
     FOR shard IN 0 .. exactly_router.partitions() OPERATOR(pg_catalog.-) 1 LOOP
         BEGIN
             RETURN QUERY SELECT * FROM exactly_router.claim_batch_on(shard, rel, done_column, batch, lease,
                 max_attempts, retry_after, order_by, complete);
-        EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
             IF NOT exactly_router.shard_lost(SQLSTATE, SQLERRM) THEN
-                RAISE;
+                PERFORM exactly_router.failed(shard, SQLSTATE, SQLERRM, error_detail, error_hint);
             END IF;
             RAISE WARNING 'shard % is unavailable: claimed from the others', shard
                 USING ERRCODE = 'connection_failure', DETAIL = SQLERRM;
@@ -51,74 +55,94 @@ EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_conn
     END LOOP;
 END $$;
 
-CREATE FUNCTION exactly_router.complete_batch(route int, claim uuid) RETURNS bigint
+CREATE FUNCTION exactly_router.complete_batch(shard int, claim uuid) RETURNS bigint
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
-    SELECT exactly.complete_batch(claim);
+    CLUSTER 'exactly'; RUN ON shard;
+    SELECT exactly.complete_batch(exactly.on_shard(shard, claim));
 $$;
 
 CREATE FUNCTION exactly.complete_batch(claim uuid) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
     RETURN exactly_router.complete_batch(exactly.shard_of_claim(claim), claim);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly.shard_of_claim(claim), SQLSTATE, SQLERRM);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly.shard_of_claim(claim), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
-CREATE FUNCTION exactly_router.extend_claim(route int, claim uuid, lease interval) RETURNS bigint
+CREATE FUNCTION exactly_router.extend_claim(shard int, claim uuid, lease interval) RETURNS bigint
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
-    SELECT exactly.extend_claim(claim, lease);
+    CLUSTER 'exactly'; RUN ON shard;
+    SELECT exactly.extend_claim(exactly.on_shard(shard, claim), lease);
 $$;
 
 CREATE FUNCTION exactly.extend_claim(claim uuid, lease interval DEFAULT '5 minutes') RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
     RETURN exactly_router.extend_claim(exactly.shard_of_claim(claim), claim, lease);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly.shard_of_claim(claim), SQLSTATE, SQLERRM);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly.shard_of_claim(claim), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
-CREATE FUNCTION exactly_router.release_claim(route int, claim uuid) RETURNS bigint
+CREATE FUNCTION exactly_router.release_claim(shard int, claim uuid) RETURNS bigint
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
-    SELECT exactly.release_claim(claim);
+    CLUSTER 'exactly'; RUN ON shard;
+    SELECT exactly.release_claim(exactly.on_shard(shard, claim));
 $$;
 
 CREATE FUNCTION exactly.release_claim(claim uuid) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
     RETURN exactly_router.release_claim(exactly.shard_of_claim(claim), claim);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly.shard_of_claim(claim), SQLSTATE, SQLERRM);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly.shard_of_claim(claim), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
-CREATE FUNCTION exactly_router.complete_rows(route int, claim uuid, keys jsonb) RETURNS bigint
+CREATE FUNCTION exactly_router.complete_rows(shard int, claim uuid, keys jsonb) RETURNS bigint
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
-    SELECT exactly.complete_rows(claim, keys);
+    CLUSTER 'exactly'; RUN ON shard;
+    SELECT exactly.complete_rows(exactly.on_shard(shard, claim), keys);
 $$;
 
 CREATE FUNCTION exactly.complete_rows(claim uuid, keys jsonb) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
     RETURN exactly_router.complete_rows(exactly.shard_of_claim(claim), claim, keys);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly.shard_of_claim(claim), SQLSTATE, SQLERRM);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly.shard_of_claim(claim), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
-CREATE FUNCTION exactly_router.fail_rows(route int, claim uuid, keys jsonb, error text) RETURNS bigint
+CREATE FUNCTION exactly_router.fail_rows(shard int, claim uuid, keys jsonb, error text) RETURNS bigint
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
-    SELECT exactly.fail_rows(claim, keys, error);
+    CLUSTER 'exactly'; RUN ON shard;
+    SELECT exactly.fail_rows(exactly.on_shard(shard, claim), keys, error);
 $$;
 
 CREATE FUNCTION exactly.fail_rows(claim uuid, keys jsonb, error text DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
     RETURN exactly_router.fail_rows(exactly.shard_of_claim(claim), claim, keys, error);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly.shard_of_claim(claim), SQLSTATE, SQLERRM);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly.shard_of_claim(claim), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
 CREATE FUNCTION exactly_router.purge_claim_attempts(older_than interval) RETURNS SETOF bigint
@@ -129,8 +153,12 @@ $$;
 
 CREATE FUNCTION exactly.purge_claim_attempts(older_than interval) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
     RETURN (SELECT pg_catalog.sum(p)::pg_catalog.int8 FROM exactly_router.purge_claim_attempts(older_than) AS p);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable_any(SQLSTATE, SQLERRM);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(NULL, SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;

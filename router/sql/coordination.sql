@@ -21,103 +21,131 @@ BEGIN
     PERFORM exactly_router.refuse_transaction_scoped('check_fence', name);
 END $$;
 
-CREATE FUNCTION exactly_router.lock_status(route int, name text)
+CREATE FUNCTION exactly_router.lock_status(shard int, name text)
 RETURNS TABLE (pid int, granted boolean, waiting_since timestamptz, xact_start timestamptz, state text, query text)
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
-    SELECT l.pid, l.granted, l.waiting_since, l.xact_start, l.state, l.query FROM exactly.lock_status(name) AS l;
+    CLUSTER 'exactly'; RUN ON shard;
+    SELECT l.pid, l.granted, l.waiting_since, l.xact_start, l.state, l.query FROM exactly.lock_status(exactly.on_shard(shard, name)) AS l;
 $$;
 
 CREATE FUNCTION exactly.lock_status(name text)
 RETURNS TABLE (pid int, granted boolean, waiting_since timestamptz, xact_start timestamptz, state text, query text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
-    RETURN QUERY SELECT * FROM exactly_router.lock_status(exactly_router.route($1), $1);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly_router.route($1), SQLSTATE, SQLERRM);
+    RETURN QUERY SELECT * FROM exactly_router.lock_status(exactly.shard_for($1), $1);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly.shard_for($1), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
-CREATE FUNCTION exactly_router.acquire_lease(route int, name text, ttl interval)
+CREATE FUNCTION exactly_router.acquire_lease(shard int, name text, ttl interval)
 RETURNS TABLE (token uuid, fence bigint)
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
-    SELECT l.token, l.fence FROM exactly.acquire_lease(name, ttl) AS l;
+    CLUSTER 'exactly'; RUN ON shard;
+    SELECT l.token, l.fence FROM exactly.acquire_lease(exactly.on_shard(shard, name), ttl) AS l;
 $$;
 
 CREATE FUNCTION exactly.acquire_lease(name text, ttl interval) RETURNS TABLE (token uuid, fence bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
-    RETURN QUERY SELECT * FROM exactly_router.acquire_lease(exactly_router.route($1), $1, $2);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly_router.route($1), SQLSTATE, SQLERRM);
+    RETURN QUERY SELECT * FROM exactly_router.acquire_lease(exactly.shard_for($1), $1, $2);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly.shard_for($1), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
-CREATE FUNCTION exactly_router.renew_lease(route int, name text, token uuid, ttl interval) RETURNS boolean
+CREATE FUNCTION exactly_router.renew_lease(shard int, name text, token uuid, ttl interval) RETURNS boolean
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
-    SELECT exactly.renew_lease(name, token, ttl);
+    CLUSTER 'exactly'; RUN ON shard;
+    SELECT exactly.renew_lease(exactly.on_shard(shard, name), token, ttl);
 $$;
 
 CREATE FUNCTION exactly.renew_lease(name text, token uuid, ttl interval) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
-    RETURN exactly_router.renew_lease(exactly_router.route(name), name, token, ttl);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLSTATE, SQLERRM);
+    RETURN exactly_router.renew_lease(exactly.shard_for(name), name, token, ttl);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly.shard_for(name), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
-CREATE FUNCTION exactly_router.release_lease(route int, name text, token uuid) RETURNS boolean
+CREATE FUNCTION exactly_router.release_lease(shard int, name text, token uuid) RETURNS boolean
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
-    SELECT exactly.release_lease(name, token);
+    CLUSTER 'exactly'; RUN ON shard;
+    SELECT exactly.release_lease(exactly.on_shard(shard, name), token);
 $$;
 
 CREATE FUNCTION exactly.release_lease(name text, token uuid) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
-    RETURN exactly_router.release_lease(exactly_router.route(name), name, token);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLSTATE, SQLERRM);
+    RETURN exactly_router.release_lease(exactly.shard_for(name), name, token);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly.shard_for(name), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
-CREATE FUNCTION exactly_router.acquire_slot(route int, name text, slots int, ttl interval) RETURNS uuid
+CREATE FUNCTION exactly_router.acquire_slot(shard int, name text, slots int, ttl interval) RETURNS uuid
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
-    SELECT exactly.acquire_slot(name, slots, ttl);
+    CLUSTER 'exactly'; RUN ON shard;
+    SELECT exactly.acquire_slot(exactly.on_shard(shard, name), slots, ttl);
 $$;
 
 CREATE FUNCTION exactly.acquire_slot(name text, slots int, ttl interval) RETURNS uuid
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
-    RETURN exactly_router.acquire_slot(exactly_router.route(name), name, slots, ttl);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLSTATE, SQLERRM);
+    RETURN exactly_router.acquire_slot(exactly.shard_for(name), name, slots, ttl);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly.shard_for(name), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
-CREATE FUNCTION exactly_router.renew_slot(route int, name text, token uuid, ttl interval) RETURNS boolean
+CREATE FUNCTION exactly_router.renew_slot(shard int, name text, token uuid, ttl interval) RETURNS boolean
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
-    SELECT exactly.renew_slot(name, token, ttl);
+    CLUSTER 'exactly'; RUN ON shard;
+    SELECT exactly.renew_slot(exactly.on_shard(shard, name), token, ttl);
 $$;
 
 CREATE FUNCTION exactly.renew_slot(name text, token uuid, ttl interval) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
-    RETURN exactly_router.renew_slot(exactly_router.route(name), name, token, ttl);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLSTATE, SQLERRM);
+    RETURN exactly_router.renew_slot(exactly.shard_for(name), name, token, ttl);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly.shard_for(name), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
-CREATE FUNCTION exactly_router.release_slot(route int, name text, token uuid) RETURNS boolean
+CREATE FUNCTION exactly_router.release_slot(shard int, name text, token uuid) RETURNS boolean
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
-    SELECT exactly.release_slot(name, token);
+    CLUSTER 'exactly'; RUN ON shard;
+    SELECT exactly.release_slot(exactly.on_shard(shard, name), token);
 $$;
 
 CREATE FUNCTION exactly.release_slot(name text, token uuid) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
-    RETURN exactly_router.release_slot(exactly_router.route(name), name, token);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(name), SQLSTATE, SQLERRM);
+    RETURN exactly_router.release_slot(exactly.shard_for(name), name, token);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly.shard_for(name), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;

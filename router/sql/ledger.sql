@@ -14,88 +14,103 @@ CREATE TYPE exactly.holds AS (
     expires_at timestamptz, posted_amount numeric, transfer_id bigint, metadata jsonb,
     idempotency_key text, created_at timestamptz, finished_at timestamptz);
 
--- The routing value of a transfer or hold between two accounts; refused when they are on
--- two shards. A NULL account routes with the other, for pg_exactly's own error.
-CREATE FUNCTION exactly_router.route_pair(from_account text, to_account text) RETURNS int
+-- The shard of a transfer or hold between two accounts; refused when they are on two
+-- shards. A NULL account goes with the other, for pg_exactly's own error.
+CREATE FUNCTION exactly_router.shard_of_pair(from_account text, to_account text) RETURNS int
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    a int := exactly_router.route(from_account);
-    b int := exactly_router.route(to_account);
+    a int := exactly.shard_for(from_account);
+    b int := exactly.shard_for(to_account);
 BEGIN
     IF from_account IS NULL THEN
         RETURN b;
-    ELSIF to_account IS NULL OR exactly_router.shard_of(a) OPERATOR(pg_catalog.=) exactly_router.shard_of(b) THEN
+    ELSIF to_account IS NULL OR a OPERATOR(pg_catalog.=) b THEN
         RETURN a;
     END IF;
     RAISE EXCEPTION 'accounts % and % are on different shards (% and %)',
-            pg_catalog.quote_literal(from_account), pg_catalog.quote_literal(to_account),
-            exactly_router.shard_of(a), exactly_router.shard_of(b)
+            pg_catalog.quote_literal(from_account), pg_catalog.quote_literal(to_account), a, b
         USING ERRCODE = 'feature_not_supported',
               DETAIL = 'Moving money between shards would take a distributed transaction: the debit and the credit would commit on two servers, and a failure between them would leave the ledger out of balance.',
               HINT = 'name a tenant''s accounts scope:rest (e.g. ''11:cash'', ''11:revenue'') so they share a shard; docs/scale-out.md';
 END $$;
 
-CREATE FUNCTION exactly_router.append_payment(route int, account text, amount numeric, idempotency_key text)
+CREATE FUNCTION exactly_router.append_payment(shard int, account text, amount numeric, idempotency_key text)
 RETURNS exactly.payments
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
+    CLUSTER 'exactly'; RUN ON shard;
     SELECT r.id, r.account, r.amount, r.running_balance, r.idempotency_key, r.created_at, r.transfer_id
-    FROM exactly.append_payment(account, amount, idempotency_key) AS r;
+    FROM exactly.append_payment(exactly.on_shard(shard, account), amount, idempotency_key) AS r;
 $$;
 
 CREATE FUNCTION exactly.append_payment(account text, amount numeric, idempotency_key text DEFAULT NULL)
 RETURNS exactly.payments
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
-    RETURN exactly_router.append_payment(exactly_router.route(account), account, amount, idempotency_key);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(account), SQLSTATE, SQLERRM);
+    RETURN exactly_router.append_payment(exactly.shard_for(account), account, amount, idempotency_key);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly.shard_for(account), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
 -- the seed's single ledger: pg_exactly's default account, 'default'
 CREATE FUNCTION exactly.append_payment(amount numeric) RETURNS exactly.payments
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
-    RETURN exactly_router.append_payment(exactly_router.route('default'), 'default', amount, NULL);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly_router.route('default'), SQLSTATE, SQLERRM);
+    RETURN exactly_router.append_payment(exactly.shard_for('default'), 'default', amount, NULL);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly.shard_for('default'), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
-CREATE FUNCTION exactly_router.append_payments(route int, account text, amounts numeric[])
+CREATE FUNCTION exactly_router.append_payments(shard int, account text, amounts numeric[])
 RETURNS SETOF exactly.payments
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
+    CLUSTER 'exactly'; RUN ON shard;
     SELECT r.id, r.account, r.amount, r.running_balance, r.idempotency_key, r.created_at, r.transfer_id
-    FROM exactly.append_payments(account, amounts) AS r;
+    FROM exactly.append_payments(exactly.on_shard(shard, account), amounts) AS r;
 $$;
 
 CREATE FUNCTION exactly.append_payments(account text, amounts numeric[]) RETURNS SETOF exactly.payments
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
-    RETURN QUERY SELECT * FROM exactly_router.append_payments(exactly_router.route(account), account, amounts);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(account), SQLSTATE, SQLERRM);
+    RETURN QUERY SELECT * FROM exactly_router.append_payments(exactly.shard_for(account), account, amounts);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly.shard_for(account), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
-CREATE FUNCTION exactly_router.balance_at(route int, account text, at timestamptz) RETURNS numeric
+CREATE FUNCTION exactly_router.balance_at(shard int, account text, at timestamptz) RETURNS numeric
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
-    SELECT exactly.balance_at(account, at);
+    CLUSTER 'exactly'; RUN ON shard;
+    SELECT exactly.balance_at(exactly.on_shard(shard, account), at);
 $$;
 
 CREATE FUNCTION exactly.balance_at(account text, at timestamptz) RETURNS numeric
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
-    RETURN exactly_router.balance_at(exactly_router.route(account), account, at);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly_router.route(account), SQLSTATE, SQLERRM);
+    RETURN exactly_router.balance_at(exactly.shard_for(account), account, at);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly.shard_for(account), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
-CREATE FUNCTION exactly_router.verify_ledger(route int, account text)
+CREATE FUNCTION exactly_router.verify_ledger(shard int, account text)
 RETURNS TABLE (account text, ok boolean, detail text)
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
-    SELECT v.account, v.ok, v.detail FROM exactly.verify_ledger(account) AS v;
+    CLUSTER 'exactly'; RUN ON shard;
+    SELECT v.account, v.ok, v.detail FROM exactly.verify_ledger(exactly.on_shard(shard, account)) AS v;
 $$;
 
 CREATE FUNCTION exactly_router.verify_ledgers()
@@ -110,17 +125,19 @@ $$;
 CREATE FUNCTION exactly_router.verify(one text)
 RETURNS TABLE (account text, ok boolean, detail text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
     IF one IS NULL THEN
         RETURN QUERY SELECT * FROM exactly_router.verify_ledgers();
     ELSE
-        RETURN QUERY SELECT * FROM exactly_router.verify_ledger(exactly_router.route(one), one);
+        RETURN QUERY SELECT * FROM exactly_router.verify_ledger(exactly.shard_for(one), one);
     END IF;
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    IF one IS NULL THEN
-        PERFORM exactly_router.unreachable_any(SQLSTATE, SQLERRM);
-    END IF;
-    PERFORM exactly_router.unreachable(exactly_router.route(one), SQLSTATE, SQLERRM);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(CASE WHEN one IS NOT NULL THEN exactly.shard_for(one) END,
+                                  SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
 CREATE FUNCTION exactly.verify_ledger(account text DEFAULT NULL)
@@ -129,12 +146,12 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT * FROM exactly_router.verify($1)
 $$;
 
-CREATE FUNCTION exactly_router.transfer(route int, from_account text, to_account text, amount numeric,
+CREATE FUNCTION exactly_router.transfer(shard int, from_account text, to_account text, amount numeric,
     idempotency_key text, metadata jsonb, event_at timestamptz) RETURNS exactly.transfers
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
+    CLUSTER 'exactly'; RUN ON shard;
     SELECT r.id, r.from_account, r.to_account, r.amount, r.currency, r.metadata, r.event_at, r.created_at, r.idempotency_key, r.hold_id, r.leg
-    FROM exactly.transfer(from_account, to_account, amount, idempotency_key, metadata, event_at) AS r;
+    FROM exactly.transfer(exactly.on_shard(shard, from_account), to_account, amount, idempotency_key, metadata, event_at) AS r;
 $$;
 
 CREATE FUNCTION exactly.transfer(from_account text, to_account text, amount numeric,
@@ -142,16 +159,19 @@ CREATE FUNCTION exactly.transfer(from_account text, to_account text, amount nume
 RETURNS exactly.transfers
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    route int := exactly_router.route_pair(from_account, to_account);
+    error_detail text;
+    error_hint text;
+    shard int := exactly_router.shard_of_pair(from_account, to_account);
 BEGIN
-    RETURN exactly_router.transfer(route, from_account, to_account, amount, idempotency_key, metadata, event_at);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(route, SQLSTATE, SQLERRM);
+    RETURN exactly_router.transfer(shard, from_account, to_account, amount, idempotency_key, metadata, event_at);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(shard, SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
--- The routing value of a multi-leg transfer: every leg's accounts on one shard, or refused.
+-- The shard of a multi-leg transfer: every leg's accounts on one shard, or refused.
 -- Legs that are not what pg_exactly reads go to one shard anyway, for its own error.
-CREATE FUNCTION exactly_router.route_legs(legs jsonb) RETURNS int
+CREATE FUNCTION exactly_router.shard_of_legs(legs jsonb) RETURNS int
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     accounts text[];
@@ -165,88 +185,93 @@ BEGIN
          LATERAL (VALUES (l.leg OPERATOR(pg_catalog.->>) 'from'), (l.leg OPERATOR(pg_catalog.->>) 'to')) AS a(account)
     WHERE pg_catalog.jsonb_typeof(l.leg) OPERATOR(pg_catalog.=) 'object' AND a.account IS NOT NULL;
     FOR i IN 2 .. COALESCE(pg_catalog.array_length(accounts, 1), 0) LOOP
-        PERFORM exactly_router.route_pair(accounts[1], accounts[i]);
+        PERFORM exactly_router.shard_of_pair(accounts[1], accounts[i]);
     END LOOP;
-    RETURN exactly_router.route(accounts[1]);
+    RETURN exactly.shard_for(accounts[1]);
 END $$;
 
-CREATE FUNCTION exactly_router.transfers(route int, legs jsonb, idempotency_key text, metadata jsonb, event_at timestamptz)
+CREATE FUNCTION exactly_router.transfers(shard int, legs jsonb, idempotency_key text, metadata jsonb, event_at timestamptz)
 RETURNS SETOF exactly.transfers
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
+    CLUSTER 'exactly'; RUN ON shard;
     SELECT r.id, r.from_account, r.to_account, r.amount, r.currency, r.metadata, r.event_at, r.created_at, r.idempotency_key, r.hold_id, r.leg
-    FROM exactly.transfers(legs, idempotency_key, metadata, event_at) AS r;
+    FROM exactly.transfers(exactly.on_shard(shard, legs), idempotency_key, metadata, event_at) AS r;
 $$;
 
 CREATE FUNCTION exactly.transfers(legs jsonb, idempotency_key text DEFAULT NULL, metadata jsonb DEFAULT NULL,
     event_at timestamptz DEFAULT NULL) RETURNS SETOF exactly.transfers
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    route int := exactly_router.route_legs(legs);
+    error_detail text;
+    error_hint text;
+    shard int := exactly_router.shard_of_legs(legs);
 BEGIN
-    RETURN QUERY SELECT * FROM exactly_router.transfers(route, legs, idempotency_key, metadata, event_at);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(route, SQLSTATE, SQLERRM);
+    RETURN QUERY SELECT * FROM exactly_router.transfers(shard, legs, idempotency_key, metadata, event_at);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(shard, SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
-CREATE FUNCTION exactly_router.hold(route int, from_account text, to_account text, amount numeric,
+CREATE FUNCTION exactly_router.hold(shard int, from_account text, to_account text, amount numeric,
     timeout interval, idempotency_key text, metadata jsonb) RETURNS exactly.holds
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
+    CLUSTER 'exactly'; RUN ON shard;
     SELECT r.id, r.from_account, r.to_account, r.amount, r.currency, r.state, r.expires_at, r.posted_amount,
            r.transfer_id, r.metadata, r.idempotency_key, r.created_at, r.finished_at
-    FROM exactly.hold(from_account, to_account, amount, timeout, idempotency_key, metadata) AS r;
+    FROM exactly.hold(exactly.on_shard(shard, from_account), to_account, amount, timeout, idempotency_key, metadata) AS r;
 $$;
 
 CREATE FUNCTION exactly.hold(from_account text, to_account text, amount numeric, timeout interval DEFAULT NULL,
     idempotency_key text DEFAULT NULL, metadata jsonb DEFAULT NULL) RETURNS exactly.holds
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    route int := exactly_router.route_pair(from_account, to_account);
-    made exactly.holds;
+    error_detail text;
+    error_hint text;
+    shard int := exactly_router.shard_of_pair(from_account, to_account);
 BEGIN
-    made := exactly_router.hold(route, from_account, to_account, amount, timeout, idempotency_key, metadata);
-    -- its id must lead back here, or post_hold and void_hold could not find it
-    IF exactly_router.route_id(made.id) OPERATOR(pg_catalog.<>) exactly_router.shard_of(route) THEN
-        RAISE EXCEPTION 'shard % made hold % with the number of shard % in its id',
-                exactly_router.shard_of(route), made.id, exactly_router.route_id(made.id)
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'number every shard as its partition with exactly.set_shard; exactly.router_shards() lists them';
-    END IF;
-    RETURN made;
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(route, SQLSTATE, SQLERRM);
+    RETURN exactly_router.hold(shard, from_account, to_account, amount, timeout, idempotency_key, metadata);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(shard, SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
-CREATE FUNCTION exactly_router.post_hold(route int, hold bigint, amount numeric) RETURNS exactly.transfers
+CREATE FUNCTION exactly_router.post_hold(shard int, hold bigint, amount numeric) RETURNS exactly.transfers
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
+    CLUSTER 'exactly'; RUN ON shard;
     SELECT r.id, r.from_account, r.to_account, r.amount, r.currency, r.metadata, r.event_at, r.created_at, r.idempotency_key, r.hold_id, r.leg
-    FROM exactly.post_hold(hold, amount) AS r;
+    FROM exactly.post_hold(exactly.on_shard(shard, hold), amount) AS r;
 $$;
 
 CREATE FUNCTION exactly.post_hold(hold bigint, amount numeric DEFAULT NULL) RETURNS exactly.transfers
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
-    RETURN exactly_router.post_hold(exactly_router.route_id(hold), hold, amount);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly_router.route_id(hold), SQLSTATE, SQLERRM);
+    RETURN exactly_router.post_hold(exactly_router.shard_of_id(hold), hold, amount);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly_router.shard_of_id(hold), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
-CREATE FUNCTION exactly_router.void_hold(route int, hold bigint) RETURNS exactly.holds
+CREATE FUNCTION exactly_router.void_hold(shard int, hold bigint) RETURNS exactly.holds
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON route;
+    CLUSTER 'exactly'; RUN ON shard;
     SELECT r.id, r.from_account, r.to_account, r.amount, r.currency, r.state, r.expires_at, r.posted_amount,
            r.transfer_id, r.metadata, r.idempotency_key, r.created_at, r.finished_at
-    FROM exactly.void_hold(hold) AS r;
+    FROM exactly.void_hold(exactly.on_shard(shard, hold)) AS r;
 $$;
 
 CREATE FUNCTION exactly.void_hold(hold bigint) RETURNS exactly.holds
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
-    RETURN exactly_router.void_hold(exactly_router.route_id(hold), hold);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable(exactly_router.route_id(hold), SQLSTATE, SQLERRM);
+    RETURN exactly_router.void_hold(exactly_router.shard_of_id(hold), hold);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(exactly_router.shard_of_id(hold), SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;
 
 CREATE FUNCTION exactly_router.expire_holds() RETURNS SETOF bigint
@@ -257,8 +282,12 @@ $$;
 
 CREATE FUNCTION exactly.expire_holds() RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    error_detail text;
+    error_hint text;
 BEGIN
     RETURN (SELECT pg_catalog.sum(e)::pg_catalog.int8 FROM exactly_router.expire_holds() AS e);
-EXCEPTION WHEN internal_error OR admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    PERFORM exactly_router.unreachable_any(SQLSTATE, SQLERRM);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
+    PERFORM exactly_router.failed(NULL, SQLSTATE, SQLERRM, error_detail, error_hint);
 END $$;

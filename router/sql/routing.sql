@@ -3,63 +3,43 @@
 -- Every function in schema `exactly` has pg_exactly's name and arguments and runs the call
 -- on the shard that owns its key, through a PL/Proxy function in schema `exactly_router`
 -- (CLUSTER 'exactly': the SQL/MED server of that name lists the shards as p0, p1, ...).
--- The routing value given to PL/Proxy's RUN ON is a hash; PL/Proxy takes it modulo the
--- number of partitions (a power of two), so the router reads the cluster's size only where
--- it must name a shard (shard_for, a refusal, an error).
+-- The router names the shard (RUN ON it), and the shard checks that it is that shard
+-- (exactly.on_shard, around the call's first argument) before it does anything: a router
+-- whose partitions are listed in another order than the shards were numbered is refused
+-- (55000), not obeyed on the wrong shard.
 --
 -- Each routed call is a transaction of its own on its shard: PL/Proxy commits it before it
--- returns. The wrappers in `exactly` are PL/pgSQL only to turn PL/Proxy's own errors (an
--- unreachable shard: SQLSTATE XX000) into 08006 naming the shard; errors from pg_exactly on
--- the shard come through with their own SQLSTATE.
+-- returns. The wrappers in `exactly` are PL/pgSQL to turn PL/Proxy's own errors (a shard
+-- it could not reach or lost: XX000) into 08006 naming the shard, and to give the caller a
+-- shard's error as pg_exactly raised it, without PL/Proxy's prefixes (exactly_router.failed).
 
 CREATE SCHEMA exactly_router;
 COMMENT ON SCHEMA exactly_router IS
     'pg_exactly_router: the PL/Proxy functions behind the functions of schema exactly';
 
--- The routing value of a key: a tenant, an account, a lock, lease or slot name. A key
--- `scope:rest` routes as `scope`, so a tenant's accounts and names share its shard. NULL
--- routes to shard 0, whose pg_exactly refuses it with its own error.
-CREATE FUNCTION exactly_router.route(key text) RETURNS int
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT COALESCE(pg_catalog.hashtext(
-        CASE WHEN pg_catalog.strpos($1, ':') OPERATOR(pg_catalog.>) 1
-             THEN pg_catalog.left($1, pg_catalog.strpos($1, ':') OPERATOR(pg_catalog.-) 1)
-             ELSE $1 END), 0)
-$$;
+-- Routing is PL/pgSQL, not SQL functions: from the PL/pgSQL wrappers a SQL function is
+-- planned anew on every call, PL/pgSQL keeps its plans.
 
--- The routing value of a user table's row: the table's name (its last part, as PostgreSQL
--- reads it) and the key's values in column-name order, numbers in their shortest form and
--- strings as they are, so {"id": 1}, {"id": 1.0} and {"id": "1"} are one key.
-CREATE FUNCTION exactly_router.route_row(rel text, key jsonb) RETURNS int
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT COALESCE(pg_catalog.hashtext(
-        (SELECT n.part FROM pg_catalog.unnest(pg_catalog.parse_ident($1)) WITH ORDINALITY AS n(part, i)
-         ORDER BY n.i DESC LIMIT 1)
-        OPERATOR(pg_catalog.||) E'\x1f' OPERATOR(pg_catalog.||)
-        CASE WHEN pg_catalog.jsonb_typeof($2) OPERATOR(pg_catalog.=) 'object' THEN
-            (SELECT pg_catalog.string_agg(
-                 e.key OPERATOR(pg_catalog.||) E'\x1e' OPERATOR(pg_catalog.||)
-                 CASE WHEN pg_catalog.jsonb_typeof(e.value) OPERATOR(pg_catalog.=) 'number'
-                      THEN pg_catalog.trim_scale(e.value::pg_catalog.text::pg_catalog.numeric)::pg_catalog.text
-                      WHEN pg_catalog.jsonb_typeof(e.value) OPERATOR(pg_catalog.=) 'string'
-                      THEN e.value OPERATOR(pg_catalog.#>>) '{}'::pg_catalog.text[]
-                      ELSE e.value::pg_catalog.text END,
-                 E'\x1f' ORDER BY e.key COLLATE "C")
-             FROM pg_catalog.jsonb_each($2) AS e)
-        ELSE $2::pg_catalog.text END), 0)
-$$;
-
--- How many partitions the cluster has: the pN options of server `exactly`.
-CREATE FUNCTION exactly_router.partitions() RETURNS int
+-- How many partitions the cluster has: the pN options of server `exactly` (NULL: no such
+-- server; a call routed by NULL fails, and exactly_router.failed says why).
+CREATE FUNCTION exactly_router.partitions_or_null() RETURNS int
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n int;
 BEGIN
-    SELECT pg_catalog.count(*) INTO n
-    FROM pg_catalog.pg_foreign_server s, pg_catalog.pg_options_to_table(s.srvoptions) AS o
-    WHERE s.srvname OPERATOR(pg_catalog.=) 'exactly'
-      AND o.option_name OPERATOR(pg_catalog.~) '^p[0-9]+$';
-    IF n OPERATOR(pg_catalog.=) 0 THEN
+    SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.unnest(s.srvoptions) AS o(option)
+            WHERE o.option OPERATOR(pg_catalog.~) '^p[0-9]+=')::pg_catalog.int4 INTO n
+    FROM pg_catalog.pg_foreign_server s WHERE s.srvname OPERATOR(pg_catalog.=) 'exactly';
+    RETURN n;
+END $$;
+
+-- The same, or 55000 when there is no server `exactly`.
+CREATE FUNCTION exactly_router.partitions() RETURNS int
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n int := exactly_router.partitions_or_null();
+BEGIN
+    IF n IS NULL OR n OPERATOR(pg_catalog.=) 0 THEN
         RAISE EXCEPTION 'the router has no shards'
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'CREATE SERVER exactly FOREIGN DATA WRAPPER plproxy OPTIONS (p0 ''dbname=...'', p1 ''...''), a power of two of them (docs/router.md)';
@@ -67,58 +47,111 @@ BEGIN
     RETURN n;
 END $$;
 
--- The shard a routing value lands on, as PL/Proxy picks it.
-CREATE FUNCTION exactly_router.shard_of(route int) RETURNS int
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT $1 OPERATOR(pg_catalog.&) (exactly_router.partitions() OPERATOR(pg_catalog.-) 1)
-$$;
+-- The shard a hash lands on, as PL/Proxy would pick it (the partitions are a power of two).
+CREATE FUNCTION exactly_router.shard_of(hash int) RETURNS int
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN hash OPERATOR(pg_catalog.&) (exactly_router.partitions_or_null() OPERATOR(pg_catalog.-) 1);
+END $$;
 
+-- The shard of a key: a tenant, an account, a lock, lease or slot name. A key
+-- `scope:rest` is the scope's, so a tenant's accounts and names share its shard. NULL goes
+-- to shard 0, whose pg_exactly refuses it with its own error.
 CREATE FUNCTION exactly.shard_for(key text) RETURNS int
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT exactly_router.shard_of(exactly_router.route($1))
-$$;
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    colon int := pg_catalog.strpos(key, ':');
+BEGIN
+    RETURN exactly_router.shard_of(COALESCE(pg_catalog.hashtext(
+        CASE WHEN colon OPERATOR(pg_catalog.>) 1
+             THEN pg_catalog.left(key, colon OPERATOR(pg_catalog.-) 1) ELSE key END), 0));
+END $$;
 COMMENT ON FUNCTION exactly.shard_for(text) IS
     'pg_exactly_router: the shard that owns a tenant, account or name (a key scope:rest: the shard of scope)';
 
+-- The shard of a user table's row: by the table's name (its last part, as PostgreSQL reads
+-- it) and the key's values in column-name order, numbers in their shortest form and strings
+-- as they are, so {"id": 1}, {"id": 1.0} and {"id": "1"} are one key.
 CREATE FUNCTION exactly.shard_for_row(rel text, key jsonb) RETURNS int
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT exactly_router.shard_of(exactly_router.route_row($1, $2))
-$$;
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    name text[] := pg_catalog.parse_ident(rel);
+    spelled text;
+BEGIN
+    IF pg_catalog.jsonb_typeof(key) OPERATOR(pg_catalog.=) 'object' THEN
+        SELECT pg_catalog.string_agg(
+                   e.key OPERATOR(pg_catalog.||) E'\x1e' OPERATOR(pg_catalog.||)
+                   CASE WHEN pg_catalog.jsonb_typeof(e.value) OPERATOR(pg_catalog.=) 'number'
+                        THEN pg_catalog.trim_scale(e.value::pg_catalog.text::pg_catalog.numeric)::pg_catalog.text
+                        WHEN pg_catalog.jsonb_typeof(e.value) OPERATOR(pg_catalog.=) 'string'
+                        THEN e.value OPERATOR(pg_catalog.#>>) '{}'::pg_catalog.text[]
+                        ELSE e.value::pg_catalog.text END,
+                   E'\x1f' ORDER BY e.key COLLATE "C")
+        INTO spelled FROM pg_catalog.jsonb_each(key) AS e;
+    ELSE
+        spelled := key::pg_catalog.text;
+    END IF;
+    RETURN exactly_router.shard_of(COALESCE(pg_catalog.hashtext(
+        name[pg_catalog.array_upper(name, 1)] OPERATOR(pg_catalog.||) E'\x1f' OPERATOR(pg_catalog.||) spelled), 0));
+END $$;
 COMMENT ON FUNCTION exactly.shard_for_row(text, jsonb) IS
     'pg_exactly_router: the shard that owns the row of table rel with key (find_or_create, increment)';
 
 -- The shard an id was made on: a numbered shard's raffle and hold ids are shard * 2^48 + n,
 -- its claim ids start with the shard's number in four hex digits (pg_exactly's set_shard).
-CREATE FUNCTION exactly_router.route_id(id bigint) RETURNS int
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT COALESCE(($1 OPERATOR(pg_catalog.>>) 48)::pg_catalog.int4, 0)
-$$;
+-- Not reduced to the cluster's size: an id of a shard the cluster does not have is refused
+-- by the shard it lands on, as not its own.
+CREATE FUNCTION exactly_router.shard_of_id(id bigint) RETURNS int
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN COALESCE((id OPERATOR(pg_catalog.>>) 48)::pg_catalog.int4, 0);
+END $$;
 
 CREATE FUNCTION exactly.shard_of_claim(claim uuid) RETURNS int
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT COALESCE(('x' OPERATOR(pg_catalog.||) pg_catalog.left($1::pg_catalog.text, 4))::pg_catalog.bit(16)::pg_catalog.int4, 0)
-$$;
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN COALESCE(('x' OPERATOR(pg_catalog.||) pg_catalog.left(claim::pg_catalog.text, 4))::pg_catalog.bit(16)::pg_catalog.int4, 0);
+END $$;
 COMMENT ON FUNCTION exactly.shard_of_claim(uuid) IS
     'pg_exactly_router: the shard a claim id was made on (its first four hex digits)';
 
--- Called from a wrapper's handler for PL/Proxy's own errors (XX000: a shard it could not
--- reach or lost) and for a shard shutting down under the call (57P01, 57P02, 57P03): raise
--- 08006 naming the shard. An XX000 that the shard raised itself passes on as it was.
+-- Whether an error means the shard was lost: PL/Proxy's own (XX000 without REMOTE: it
+-- could not connect, or lost the connection), or the shard shutting down under the call.
 CREATE FUNCTION exactly_router.shard_lost(state text, message text) RETURNS boolean
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT $1 OPERATOR(pg_catalog.<>) 'XX000' OR pg_catalog.strpos($2, '] REMOTE ') OPERATOR(pg_catalog.=) 0
+    SELECT $1 OPERATOR(pg_catalog.=) ANY ('{57P01,57P02,57P03}'::pg_catalog.text[])
+        OR ($1 OPERATOR(pg_catalog.=) 'XX000' AND pg_catalog.strpos($2, '] REMOTE ') OPERATOR(pg_catalog.=) 0)
 $$;
 
-CREATE FUNCTION exactly_router.unreachable(route int, state text, message text) RETURNS void
+-- A wrapper's error handler: 08006 naming the shard (NULL: a call on every shard) when it
+-- was lost; else the error as the shard raised it, without PL/Proxy's prefixes.
+CREATE FUNCTION exactly_router.failed(shard int, state text, message text, detail text, hint text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT exactly_router.shard_lost(state, message) THEN
-        RAISE EXCEPTION '%', message USING ERRCODE = 'internal_error';
+    IF exactly_router.shard_lost(state, message) THEN
+        PERFORM exactly_router.partitions();  -- no server `exactly`: say that instead
+        RAISE EXCEPTION '%', CASE WHEN shard IS NULL THEN 'a shard is unavailable'
+                                  ELSE pg_catalog.format('shard %s is unavailable', shard) END
+            USING ERRCODE = 'connection_failure',
+                  DETAIL = message,
+                  HINT = CASE WHEN shard IS NULL
+                    THEN 'this call runs on every shard; exactly.router_shards() says which are reachable'
+                    ELSE 'calls for keys of other shards go on. A call that was running when its shard went away may have committed there: retry it with its idempotency key, or look' END;
     END IF;
-    RAISE EXCEPTION 'shard % is unavailable', exactly_router.shard_of(route)
-        USING ERRCODE = 'connection_failure',
-              DETAIL = message,
-              HINT = 'calls for keys of other shards go on. A call that was running when its shard went away may have committed there: retry it with its idempotency key, or look';
+    message := pg_catalog.regexp_replace(message, '^[^ ]+\(\d+\): \[[^]]*\] REMOTE [A-Z]+: ', '');
+    -- an absent detail or hint reads as '' in the handler
+    detail := pg_catalog.regexp_replace(detail, '^Remote detail: ', '');
+    hint := pg_catalog.regexp_replace(hint, '^Remote hint: ', '');
+    IF detail OPERATOR(pg_catalog.=) '' THEN detail := NULL; END IF;
+    IF hint OPERATOR(pg_catalog.=) '' THEN hint := NULL; END IF;
+    IF detail IS NULL AND hint IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message;
+    ELSIF hint IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, DETAIL = detail;
+    ELSIF detail IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, HINT = hint;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, DETAIL = detail, HINT = hint;
 END $$;
 
 -- What the cluster is: one row per partition, with what its shard says of itself.
@@ -186,17 +219,4 @@ BEGIN
               DETAIL = pg_catalog.format('%s acts within the transaction of the work it guards; a routed call is a transaction of its own on its shard, so it would end as the call returns.', what),
               HINT = pg_catalog.format('call exactly.%s on shard %s (SELECT exactly.shard_for(%L)) in the transaction of that work, or use a lease (exactly.acquire_lease) through the router',
                                        what, exactly.shard_for(name), name);
-END $$;
-
--- The same for a call that runs on every shard: PL/Proxy does not say which it missed.
-CREATE FUNCTION exactly_router.unreachable_any(state text, message text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF NOT exactly_router.shard_lost(state, message) THEN
-        RAISE EXCEPTION '%', message USING ERRCODE = 'internal_error';
-    END IF;
-    RAISE EXCEPTION 'a shard is unavailable'
-        USING ERRCODE = 'connection_failure',
-              DETAIL = message,
-              HINT = 'this call runs on every shard; exactly.router_shards() says which are reachable';
 END $$;
