@@ -39,6 +39,9 @@ fn a_numbered_shard_puts_its_number_in_every_raffle_hold_and_claim_id() {
         // the rest of it is still random
         assert_ne!(&claim[4..8], "0000", "{claim}");
     }
+    // what a router wraps around every call's first argument
+    assert_eq!(value(&mut c, "SELECT exactly.on_shard(3, 'tenant'::text)"), "tenant");
+    assert_eq!(sqlstate(c.execute("SELECT exactly.on_shard(2, 'tenant'::text)", &[])), "55000");
     // tickets of a shard's raffle work as anywhere
     assert_eq!(value(&mut c, "SELECT exactly.batch_create_tickets(exactly.create_raffle(5), 10)"), "5");
 }
@@ -47,6 +50,7 @@ fn a_numbered_shard_puts_its_number_in_every_raffle_hold_and_claim_id() {
 fn a_shard_number_is_set_once_before_use_and_only_by_a_superuser() {
     let cluster = Cluster::start();
     let mut c = cluster.connect();
+    assert_eq!(sqlstate(c.execute("SELECT exactly.on_shard(0, 1)", &[])), "55000", "not numbered yet");
     assert_eq!(sqlstate(c.execute("SELECT exactly.set_shard(NULL)", &[])), "22004");
     assert_eq!(sqlstate(c.execute("SELECT exactly.set_shard(-1)", &[])), "22023");
     assert_eq!(sqlstate(c.execute("SELECT exactly.set_shard(32768)", &[])), "22023");
