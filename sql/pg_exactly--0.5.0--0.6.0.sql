@@ -16,7 +16,6 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     numbered int;
     low bigint;
-    high bigint;
     early text;
 BEGIN
     IF shard IS NULL THEN
@@ -36,15 +35,14 @@ BEGIN
                   HINT = 'a shard''s number cannot change: the ids it handed out carry it';
     END IF;
     low := shard::bigint OPERATOR(pg_catalog.<<) 48;
-    high := low OPERATOR(pg_catalog.+) (1::bigint OPERATOR(pg_catalog.<<) 48);
     IF shard OPERATOR(pg_catalog.>) 0 THEN
         -- ids made before the number would route to shard 0
         SELECT w INTO early FROM (
             SELECT 'raffles' FROM exactly.raffles r
-            WHERE r.id OPERATOR(pg_catalog.<) low OR r.id OPERATOR(pg_catalog.>=) high
+            WHERE (r.id OPERATOR(pg_catalog.>>) 48) OPERATOR(pg_catalog.<>) shard
             UNION ALL
             SELECT 'holds' FROM exactly.holds h
-            WHERE h.id OPERATOR(pg_catalog.<) low OR h.id OPERATOR(pg_catalog.>=) high
+            WHERE (h.id OPERATOR(pg_catalog.>>) 48) OPERATOR(pg_catalog.<>) shard
             UNION ALL
             SELECT 'claims' FROM exactly.claims) AS e(w)
         LIMIT 1;
@@ -80,6 +78,12 @@ BEGIN
                   HINT = CASE WHEN numbered IS NULL
                     THEN pg_catalog.format('number it: SELECT exactly.set_shard(%s), if it is the router''s partition p%s', shard, shard)
                     ELSE 'the router lists its partitions in another order than its shards were numbered: compare exactly.router_shards() there' END;
+    END IF;
+    -- PL/Proxy reads what this connection prints as text: dates must be unambiguous
+    IF NOT pg_catalog.starts_with(pg_catalog.current_setting('DateStyle'), 'ISO') THEN
+        RAISE EXCEPTION 'a router''s connection to a shard must use DateStyle ISO, not %', pg_catalog.current_setting('DateStyle')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'ALTER ROLE ... SET DateStyle = ''ISO'' for the role the router connects as, or options=''-c DateStyle=ISO'' in its connection string';
     END IF;
     RETURN value;
 END $$;

@@ -4037,3 +4037,64 @@ fn hostile_roles_for_twin(sh: &Shards) {
         .batch_execute(&hostile_script())
         .unwrap_or_else(|e| panic!("planting the hostile objects: {}", describe(&e)));
 }
+
+/// What a review found, each checked: an application role calling the router's PL/Proxy
+/// functions directly cannot put a key on another shard (the functions find the shard from
+/// the key; a wrong shard number is refused by the shard); a router session with another
+/// DateStyle draws the number of the period it names, and a shard connection printing dates
+/// otherwise than ISO is refused; `claim_batch(..., complete => c)` with c's shard down
+/// fails instead of skipping the completion.
+#[test]
+fn direct_calls_date_styles_and_a_lost_completion_are_caught() {
+    let sh = Shards::start();
+    let mut admin = sh.router();
+    must(&mut admin, "CREATE ROLE app LOGIN; SELECT exactly.grant_usage('app')");
+    let tenants = keys_on_every_shard(&mut admin, "direct-", 1);
+    let (t1, k1) = tenants[1].clone();
+    let (t2, _) = tenants[2].clone();
+    let mut app = Client::connect(
+        &format!("{} user=app", sh.router.conninfo()),
+        NoTls,
+    )
+    .unwrap();
+
+    // a direct call naming another shard: refused there, nothing drawn anywhere
+    let wrong = (k1 + 1) % SHARDS;
+    let r = raw(&mut app, &format!("SELECT exactly_router.next_invoice_number({wrong}, {}, NULL)", lit(&t1)));
+    assert_eq!(r.as_ref().map_err(state).err().as_deref(), Some("55000"), "{r:?}");
+    assert_eq!(one(&mut app, &format!("SELECT exactly.next_invoice_number({})", lit(&t1))), format!("{t1}-00000001"));
+    // and a cross-shard transfer by the PL/Proxy function itself: refused, 0A000
+    let r = raw(
+        &mut app,
+        &format!("SELECT * FROM exactly_router.transfer({k1}, {}, {}, 5, NULL, NULL, NULL)", lit(&format!("{t1}:a")), lit(&format!("{t2}:a"))),
+    );
+    assert_eq!(r.as_ref().map_err(state).err().as_deref(), Some("0A000"), "{r:?}");
+
+    // another DateStyle on the router: the period named is the period drawn
+    must(&mut admin, &format!("SELECT exactly.define_invoice_sequence({}, 'M', 4, '{{yyyy}}-{{mm}}-{{number}}', 'monthly')", lit(&t2)));
+    must(&mut admin, "SET DateStyle = 'SQL, DMY'");
+    assert_eq!(one(&mut admin, &format!("SELECT exactly.next_invoice_number({}, '2024-03-04')", lit(&t2))), "2024-03-0001");
+    assert_eq!(one(&mut admin, &format!("SELECT exactly.next_invoice_number({}, '04/03/2024')", lit(&t2))), "2024-03-0002");
+    must(&mut admin, "RESET DateStyle");
+    // a shard whose connection prints dates otherwise: refused, not misread
+    let (t3, k3) = tenants[3].clone();
+    must(&mut sh.shard(k3), "ALTER ROLE postgres SET DateStyle = 'SQL, DMY'");
+    let mut fresh = sh.router();
+    let r = raw(&mut fresh, &format!("SELECT exactly.next_invoice_number({})", lit(&t3)));
+    assert_eq!(r.as_ref().map_err(state).err().as_deref(), Some("55000"), "{r:?}");
+    must(&mut sh.shard(k3), "ALTER ROLE postgres RESET DateStyle");
+
+    // a completion on a shard that is down is reported, not skipped
+    sh.on_every_shard("CREATE TABLE jobs (id int PRIMARY KEY, done_at timestamptz); INSERT INTO jobs SELECT generate_series(1, 4)");
+    let mut worker = sh.router();
+    let claims: Vec<String> = must(&mut worker, "SELECT DISTINCT claim::text FROM exactly.claim_batch('jobs', 'done_at', 2)")
+        .into_iter()
+        .filter_map(|r| r[0].clone())
+        .collect();
+    assert_eq!(claims.len(), SHARDS, "one claim per shard: {claims:?}");
+    let on_1 = claims.iter().find(|c| c.starts_with("0001")).unwrap().clone();
+    sh.shards[1].stop_fast();
+    let r = raw(&mut worker, &format!("SELECT count(*) FROM exactly.claim_batch('jobs', 'done_at', 2, complete => '{on_1}')"));
+    assert_eq!(r.as_ref().map_err(state).err().as_deref(), Some("08006"), "{r:?}");
+    sh.shards[1].start_server();
+}

@@ -27,7 +27,7 @@ CREATE FUNCTION exactly.claim_batch(rel text, done_column text, batch int DEFAUL
     lease interval DEFAULT '5 minutes', max_attempts int DEFAULT NULL, retry_after interval DEFAULT NULL,
     order_by text DEFAULT NULL, complete uuid DEFAULT NULL)
 RETURNS TABLE (claim uuid, data jsonb)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     shard int;
     error_detail text;
@@ -46,7 +46,9 @@ EXCEPTION WHEN OTHERS THEN
                 max_attempts, retry_after, order_by, complete);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
-            IF NOT exactly_router.shard_lost(SQLSTATE, SQLERRM) THEN
+            -- the claim to complete is on this shard: it was not completed, say so
+            IF NOT exactly_router.shard_lost(SQLSTATE, SQLERRM)
+               OR shard OPERATOR(pg_catalog.=) exactly_router.shard_of(exactly.shard_of_claim(complete)) THEN
                 PERFORM exactly_router.failed(shard, SQLSTATE, SQLERRM, error_detail, error_hint);
             END IF;
             RAISE WARNING 'shard % is unavailable: claimed from the others', shard
@@ -57,12 +59,12 @@ END $$;
 
 CREATE FUNCTION exactly_router.complete_batch(shard int, claim uuid) RETURNS bigint
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_of_claim(claim);
     SELECT exactly.complete_batch(exactly.on_shard(shard, claim));
 $$;
 
 CREATE FUNCTION exactly.complete_batch(claim uuid) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -75,12 +77,12 @@ END $$;
 
 CREATE FUNCTION exactly_router.extend_claim(shard int, claim uuid, lease interval) RETURNS bigint
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_of_claim(claim);
     SELECT exactly.extend_claim(exactly.on_shard(shard, claim), lease);
 $$;
 
 CREATE FUNCTION exactly.extend_claim(claim uuid, lease interval DEFAULT '5 minutes') RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -93,12 +95,12 @@ END $$;
 
 CREATE FUNCTION exactly_router.release_claim(shard int, claim uuid) RETURNS bigint
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_of_claim(claim);
     SELECT exactly.release_claim(exactly.on_shard(shard, claim));
 $$;
 
 CREATE FUNCTION exactly.release_claim(claim uuid) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -111,12 +113,12 @@ END $$;
 
 CREATE FUNCTION exactly_router.complete_rows(shard int, claim uuid, keys jsonb) RETURNS bigint
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_of_claim(claim);
     SELECT exactly.complete_rows(exactly.on_shard(shard, claim), keys);
 $$;
 
 CREATE FUNCTION exactly.complete_rows(claim uuid, keys jsonb) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -129,12 +131,12 @@ END $$;
 
 CREATE FUNCTION exactly_router.fail_rows(shard int, claim uuid, keys jsonb, error text) RETURNS bigint
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_of_claim(claim);
     SELECT exactly.fail_rows(exactly.on_shard(shard, claim), keys, error);
 $$;
 
 CREATE FUNCTION exactly.fail_rows(claim uuid, keys jsonb, error text DEFAULT NULL) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -152,7 +154,7 @@ LANGUAGE plproxy AS $$
 $$;
 
 CREATE FUNCTION exactly.purge_claim_attempts(older_than interval) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;

@@ -24,13 +24,13 @@ END $$;
 CREATE FUNCTION exactly_router.lock_status(shard int, name text)
 RETURNS TABLE (pid int, granted boolean, waiting_since timestamptz, xact_start timestamptz, state text, query text)
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_for(name);
     SELECT l.pid, l.granted, l.waiting_since, l.xact_start, l.state, l.query FROM exactly.lock_status(exactly.on_shard(shard, name)) AS l;
 $$;
 
 CREATE FUNCTION exactly.lock_status(name text)
 RETURNS TABLE (pid int, granted boolean, waiting_since timestamptz, xact_start timestamptz, state text, query text)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -44,12 +44,12 @@ END $$;
 CREATE FUNCTION exactly_router.acquire_lease(shard int, name text, ttl interval)
 RETURNS TABLE (token uuid, fence bigint)
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_for(name);
     SELECT l.token, l.fence FROM exactly.acquire_lease(exactly.on_shard(shard, name), ttl) AS l;
 $$;
 
 CREATE FUNCTION exactly.acquire_lease(name text, ttl interval) RETURNS TABLE (token uuid, fence bigint)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -62,12 +62,12 @@ END $$;
 
 CREATE FUNCTION exactly_router.renew_lease(shard int, name text, token uuid, ttl interval) RETURNS boolean
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_for(name);
     SELECT exactly.renew_lease(exactly.on_shard(shard, name), token, ttl);
 $$;
 
 CREATE FUNCTION exactly.renew_lease(name text, token uuid, ttl interval) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -80,12 +80,12 @@ END $$;
 
 CREATE FUNCTION exactly_router.release_lease(shard int, name text, token uuid) RETURNS boolean
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_for(name);
     SELECT exactly.release_lease(exactly.on_shard(shard, name), token);
 $$;
 
 CREATE FUNCTION exactly.release_lease(name text, token uuid) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -98,12 +98,12 @@ END $$;
 
 CREATE FUNCTION exactly_router.acquire_slot(shard int, name text, slots int, ttl interval) RETURNS uuid
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_for(name);
     SELECT exactly.acquire_slot(exactly.on_shard(shard, name), slots, ttl);
 $$;
 
 CREATE FUNCTION exactly.acquire_slot(name text, slots int, ttl interval) RETURNS uuid
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -116,12 +116,12 @@ END $$;
 
 CREATE FUNCTION exactly_router.renew_slot(shard int, name text, token uuid, ttl interval) RETURNS boolean
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_for(name);
     SELECT exactly.renew_slot(exactly.on_shard(shard, name), token, ttl);
 $$;
 
 CREATE FUNCTION exactly.renew_slot(name text, token uuid, ttl interval) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -134,12 +134,12 @@ END $$;
 
 CREATE FUNCTION exactly_router.release_slot(shard int, name text, token uuid) RETURNS boolean
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_for(name);
     SELECT exactly.release_slot(exactly.on_shard(shard, name), token);
 $$;
 
 CREATE FUNCTION exactly.release_slot(name text, token uuid) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;

@@ -5,13 +5,13 @@
 CREATE FUNCTION exactly_router.define_invoice_sequence(shard int, tenant text, prefix text, width int,
     format text, reset text, fiscal_year_start int) RETURNS void
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_for(tenant);
     SELECT exactly.define_invoice_sequence(exactly.on_shard(shard, tenant), prefix, width, format, reset, fiscal_year_start);
 $$;
 
 CREATE FUNCTION exactly.define_invoice_sequence(tenant text, prefix text, width int DEFAULT 8,
     format text DEFAULT NULL, reset text DEFAULT 'never', fiscal_year_start int DEFAULT 1) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -25,12 +25,12 @@ END $$;
 
 CREATE FUNCTION exactly_router.next_invoice_number(shard int, tenant text, on_date date) RETURNS text
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_for(tenant);
     SELECT exactly.next_invoice_number(exactly.on_shard(shard, tenant), on_date);
 $$;
 
 CREATE FUNCTION exactly.next_invoice_number(tenant text, on_date date DEFAULT NULL) RETURNS text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -43,12 +43,12 @@ END $$;
 
 CREATE FUNCTION exactly_router.next_invoice_numbers(shard int, tenant text, n int, on_date date) RETURNS SETOF text
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_for(tenant);
     SELECT * FROM exactly.next_invoice_numbers(exactly.on_shard(shard, tenant), n, on_date);
 $$;
 
 CREATE FUNCTION exactly.next_invoice_numbers(tenant text, n int, on_date date DEFAULT NULL) RETURNS SETOF text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -61,12 +61,12 @@ END $$;
 
 CREATE FUNCTION exactly_router.set_next_invoice_number(shard int, tenant text, next_value bigint, on_date date) RETURNS void
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_for(tenant);
     SELECT exactly.set_next_invoice_number(exactly.on_shard(shard, tenant), next_value, on_date);
 $$;
 
 CREATE FUNCTION exactly.set_next_invoice_number(tenant text, next_value bigint, on_date date DEFAULT NULL) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;

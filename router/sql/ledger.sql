@@ -37,14 +37,14 @@ END $$;
 CREATE FUNCTION exactly_router.append_payment(shard int, account text, amount numeric, idempotency_key text)
 RETURNS exactly.payments
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_for(account);
     SELECT r.id, r.account, r.amount, r.running_balance, r.idempotency_key, r.created_at, r.transfer_id
     FROM exactly.append_payment(exactly.on_shard(shard, account), amount, idempotency_key) AS r;
 $$;
 
 CREATE FUNCTION exactly.append_payment(account text, amount numeric, idempotency_key text DEFAULT NULL)
 RETURNS exactly.payments
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -57,7 +57,7 @@ END $$;
 
 -- the seed's single ledger: pg_exactly's default account, 'default'
 CREATE FUNCTION exactly.append_payment(amount numeric) RETURNS exactly.payments
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -71,13 +71,13 @@ END $$;
 CREATE FUNCTION exactly_router.append_payments(shard int, account text, amounts numeric[])
 RETURNS SETOF exactly.payments
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_for(account);
     SELECT r.id, r.account, r.amount, r.running_balance, r.idempotency_key, r.created_at, r.transfer_id
     FROM exactly.append_payments(exactly.on_shard(shard, account), amounts) AS r;
 $$;
 
 CREATE FUNCTION exactly.append_payments(account text, amounts numeric[]) RETURNS SETOF exactly.payments
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -90,12 +90,12 @@ END $$;
 
 CREATE FUNCTION exactly_router.balance_at(shard int, account text, at timestamptz) RETURNS numeric
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_for(account);
     SELECT exactly.balance_at(exactly.on_shard(shard, account), at);
 $$;
 
 CREATE FUNCTION exactly.balance_at(account text, at timestamptz) RETURNS numeric
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -109,7 +109,7 @@ END $$;
 CREATE FUNCTION exactly_router.verify_ledger(shard int, account text)
 RETURNS TABLE (account text, ok boolean, detail text)
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly.shard_for(account);
     SELECT v.account, v.ok, v.detail FROM exactly.verify_ledger(exactly.on_shard(shard, account)) AS v;
 $$;
 
@@ -149,7 +149,7 @@ $$;
 CREATE FUNCTION exactly_router.transfer(shard int, from_account text, to_account text, amount numeric,
     idempotency_key text, metadata jsonb, event_at timestamptz) RETURNS exactly.transfers
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly_router.shard_of_pair(from_account, to_account);
     SELECT r.id, r.from_account, r.to_account, r.amount, r.currency, r.metadata, r.event_at, r.created_at, r.idempotency_key, r.hold_id, r.leg
     FROM exactly.transfer(exactly.on_shard(shard, from_account), to_account, amount, idempotency_key, metadata, event_at) AS r;
 $$;
@@ -157,7 +157,7 @@ $$;
 CREATE FUNCTION exactly.transfer(from_account text, to_account text, amount numeric,
     idempotency_key text DEFAULT NULL, metadata jsonb DEFAULT NULL, event_at timestamptz DEFAULT NULL)
 RETURNS exactly.transfers
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -193,14 +193,14 @@ END $$;
 CREATE FUNCTION exactly_router.transfers(shard int, legs jsonb, idempotency_key text, metadata jsonb, event_at timestamptz)
 RETURNS SETOF exactly.transfers
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly_router.shard_of_legs(legs);
     SELECT r.id, r.from_account, r.to_account, r.amount, r.currency, r.metadata, r.event_at, r.created_at, r.idempotency_key, r.hold_id, r.leg
     FROM exactly.transfers(exactly.on_shard(shard, legs), idempotency_key, metadata, event_at) AS r;
 $$;
 
 CREATE FUNCTION exactly.transfers(legs jsonb, idempotency_key text DEFAULT NULL, metadata jsonb DEFAULT NULL,
     event_at timestamptz DEFAULT NULL) RETURNS SETOF exactly.transfers
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -215,7 +215,7 @@ END $$;
 CREATE FUNCTION exactly_router.hold(shard int, from_account text, to_account text, amount numeric,
     timeout interval, idempotency_key text, metadata jsonb) RETURNS exactly.holds
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly_router.shard_of_pair(from_account, to_account);
     SELECT r.id, r.from_account, r.to_account, r.amount, r.currency, r.state, r.expires_at, r.posted_amount,
            r.transfer_id, r.metadata, r.idempotency_key, r.created_at, r.finished_at
     FROM exactly.hold(exactly.on_shard(shard, from_account), to_account, amount, timeout, idempotency_key, metadata) AS r;
@@ -223,7 +223,7 @@ $$;
 
 CREATE FUNCTION exactly.hold(from_account text, to_account text, amount numeric, timeout interval DEFAULT NULL,
     idempotency_key text DEFAULT NULL, metadata jsonb DEFAULT NULL) RETURNS exactly.holds
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -237,13 +237,13 @@ END $$;
 
 CREATE FUNCTION exactly_router.post_hold(shard int, hold bigint, amount numeric) RETURNS exactly.transfers
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly_router.shard_of_id(hold);
     SELECT r.id, r.from_account, r.to_account, r.amount, r.currency, r.metadata, r.event_at, r.created_at, r.idempotency_key, r.hold_id, r.leg
     FROM exactly.post_hold(exactly.on_shard(shard, hold), amount) AS r;
 $$;
 
 CREATE FUNCTION exactly.post_hold(hold bigint, amount numeric DEFAULT NULL) RETURNS exactly.transfers
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -256,14 +256,14 @@ END $$;
 
 CREATE FUNCTION exactly_router.void_hold(shard int, hold bigint) RETURNS exactly.holds
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly_router.shard_of_id(hold);
     SELECT r.id, r.from_account, r.to_account, r.amount, r.currency, r.state, r.expires_at, r.posted_amount,
            r.transfer_id, r.metadata, r.idempotency_key, r.created_at, r.finished_at
     FROM exactly.void_hold(exactly.on_shard(shard, hold)) AS r;
 $$;
 
 CREATE FUNCTION exactly.void_hold(hold bigint) RETURNS exactly.holds
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -281,7 +281,7 @@ LANGUAGE plproxy AS $$
 $$;
 
 CREATE FUNCTION exactly.expire_holds() RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;

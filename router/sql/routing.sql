@@ -3,10 +3,12 @@
 -- Every function in schema `exactly` has pg_exactly's name and arguments and runs the call
 -- on the shard that owns its key, through a PL/Proxy function in schema `exactly_router`
 -- (CLUSTER 'exactly': the SQL/MED server of that name lists the shards as p0, p1, ...).
--- The router names the shard (RUN ON it), and the shard checks that it is that shard
--- (exactly.on_shard, around the call's first argument) before it does anything: a router
--- whose partitions are listed in another order than the shards were numbered is refused
--- (55000), not obeyed on the wrong shard.
+-- Each PL/Proxy function finds its shard from its own key arguments (RUN ON), so calling
+-- one directly cannot send a key elsewhere; the wrapper also passes the shard's number, and
+-- the shard checks that it is that shard (exactly.on_shard, around the call's first
+-- argument) before it does anything: a router whose partitions are listed in another order
+-- than the shards were numbered is refused (55000), not obeyed on the wrong shard. The
+-- wrappers pin DateStyle and IntervalStyle: PL/Proxy passes every value as text.
 --
 -- Each routed call is a transaction of its own on its shard: PL/Proxy commits it before it
 -- returns. The wrappers in `exactly` are PL/pgSQL to turn PL/Proxy's own errors (a shard
@@ -50,8 +52,16 @@ END $$;
 -- The shard a hash lands on, as PL/Proxy would pick it (the partitions are a power of two).
 CREATE FUNCTION exactly_router.shard_of(hash int) RETURNS int
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n int := exactly_router.partitions_or_null();
 BEGIN
-    RETURN hash OPERATOR(pg_catalog.&) (exactly_router.partitions_or_null() OPERATOR(pg_catalog.-) 1);
+    IF n IS NULL OR n OPERATOR(pg_catalog.<) 1 OR n OPERATOR(pg_catalog.&) (n OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.<>) 0 THEN
+        n := exactly_router.partitions();  -- raises when there is no server
+        RAISE EXCEPTION 'the router has % partitions, not a power of two', n
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'list the shards as p0, p1, ... in server exactly, a power of two of them';
+    END IF;
+    RETURN hash OPERATOR(pg_catalog.&) (n OPERATOR(pg_catalog.-) 1);
 END $$;
 
 -- The shard of a key: a tenant, an account, a lock, lease or slot name. A key

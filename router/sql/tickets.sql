@@ -8,7 +8,7 @@ LANGUAGE plproxy AS $$
 $$;
 
 CREATE FUNCTION exactly.create_raffle(tickets_requested bigint, code_length int DEFAULT 12) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -27,12 +27,12 @@ COMMENT ON FUNCTION exactly.create_raffle(bigint, int) IS
 
 CREATE FUNCTION exactly_router.batch_create_tickets(shard int, raffle bigint, n int, batch_key text) RETURNS int
 LANGUAGE plproxy AS $$
-    CLUSTER 'exactly'; RUN ON shard;
+    CLUSTER 'exactly'; RUN ON exactly_router.shard_of_id(raffle);
     SELECT exactly.batch_create_tickets(exactly.on_shard(shard, raffle), n, batch_key);
 $$;
 
 CREATE FUNCTION exactly.batch_create_tickets(raffle bigint, n int, batch_key text DEFAULT NULL) RETURNS int
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
@@ -50,7 +50,7 @@ LANGUAGE plproxy AS $$
 $$;
 
 CREATE FUNCTION exactly.purge_ticket_batches(older_than interval) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' AS $$
 DECLARE
     error_detail text;
     error_hint text;
