@@ -48,7 +48,8 @@ EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
             -- the claim to complete is on this shard: it was not completed, say so
             IF NOT exactly_router.shard_lost(SQLSTATE, SQLERRM)
-               OR shard OPERATOR(pg_catalog.=) exactly_router.shard_of(exactly.shard_of_claim(complete)) THEN
+               OR (complete IS NOT NULL
+                   AND shard OPERATOR(pg_catalog.=) exactly_router.shard_of(exactly.shard_of_claim(complete))) THEN
                 PERFORM exactly_router.failed(shard, SQLSTATE, SQLERRM, error_detail, error_hint);
             END IF;
             RAISE WARNING 'shard % is unavailable: claimed from the others', shard
