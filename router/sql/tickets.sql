@@ -13,11 +13,9 @@ DECLARE
     error_detail text;
     error_hint text;
     shard int := pg_catalog.floor(pg_catalog.random() OPERATOR(pg_catalog.*) exactly_router.partitions())::pg_catalog.int4;
-    id bigint;
 BEGIN
     -- the shard checks that it is this shard before it makes the raffle
-    id := exactly_router.create_raffle(shard, tickets_requested, code_length);
-    RETURN id;
+    RETURN exactly_router.create_raffle(shard, tickets_requested, code_length);
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL, error_hint = PG_EXCEPTION_HINT;
     PERFORM exactly_router.failed(shard, SQLSTATE, SQLERRM, error_detail, error_hint);
