@@ -64,22 +64,14 @@ fn a_shard_number_is_set_once_before_use_and_only_by_a_superuser() {
     // holds and claims made before the number count too
     c.batch_execute("CREATE DATABASE second").unwrap();
     c.batch_execute("CREATE ROLE app LOGIN").unwrap();
-    let mut second = Client::connect(
-        &format!("host={} port=5432 user=postgres dbname=second", cluster.dir().display()),
-        common::NoTls,
-    )
-    .unwrap();
+    let mut second = cluster.config().dbname("second").connect(common::NoTls).unwrap();
     second
         .batch_execute("CREATE EXTENSION pg_exactly; SELECT exactly.hold('a', 'b', 1)")
         .unwrap();
     assert_eq!(sqlstate(second.execute("SELECT exactly.set_shard(2)", &[])), "55000");
     // the last number there is: its ids' range ends at 2^63 - 1
     c.batch_execute("CREATE DATABASE last").unwrap();
-    let mut last = Client::connect(
-        &format!("host={} port=5432 user=postgres dbname=last", cluster.dir().display()),
-        common::NoTls,
-    )
-    .unwrap();
+    let mut last = cluster.config().dbname("last").connect(common::NoTls).unwrap();
     last.batch_execute("CREATE EXTENSION pg_exactly; SELECT exactly.set_shard(32767)").unwrap();
     assert_eq!(value(&mut last, "SELECT exactly.create_raffle(1) >> 48"), "32767");
 

@@ -4052,11 +4052,7 @@ fn direct_calls_date_styles_and_a_lost_completion_are_caught() {
     let tenants = keys_on_every_shard(&mut admin, "direct-", 1);
     let (t1, k1) = tenants[1].clone();
     let (t2, _) = tenants[2].clone();
-    let mut app = Client::connect(
-        &format!("{} user=app", sh.router.conninfo()),
-        NoTls,
-    )
-    .unwrap();
+    let mut app = sh.router.connect_as("app");
 
     // a direct call naming another shard: refused there, nothing drawn anywhere
     let wrong = (k1 + 1) % SHARDS;
